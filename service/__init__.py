@@ -1,0 +1,1 @@
+"""digit-serving: the gRPC inference service, its client and tools."""
