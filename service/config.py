@@ -1,0 +1,105 @@
+"""`digits serve` settings: one table of options, each a flag and an environment variable.
+
+The environment variable is DIGITS_ plus the flag in upper snake case (`--grace-period` ->
+DIGITS_GRACE_PERIOD), so a ConfigMap can set anything a command line can; a flag beats the
+environment, which beats the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8001
+    metrics_port: int = 8002
+    model_repository: str = "models"
+    model_name: str = "mnist_mlp"
+    model_version: str = ""
+    workers: int = 0                       # 0: one per usable CPU
+    intra_op_threads: int = 1
+    graph_optimization: str = "all"
+    max_batch_size: int = 1024
+    max_queue_size: int = 8192
+    max_queue_delay_us: int = 0
+    max_receive_message_bytes: int = 16 * 1024 * 1024
+    max_send_message_bytes: int = 16 * 1024 * 1024
+    max_connection_age: float = 0.0        # seconds; 0 keeps connections for ever
+    grace_period: float = 10.0
+    log_level: str = "INFO"
+    log_json: bool = False
+
+
+HELP = {
+    "host": "address to listen on for gRPC and metrics (0.0.0.0 in containers)",
+    "port": "gRPC port (0 picks a free one)",
+    "metrics_port": "HTTP port of Prometheus /metrics (0 picks a free one)",
+    "model_repository": "folder holding <model-name>/<version>/model.onnx",
+    "model_name": "model folder in the repository; also the model's name on the V2 API",
+    "model_version": "version folder to serve (default: the newest)",
+    "workers": "server processes sharing the port (default: one per usable CPU)",
+    "intra_op_threads": "onnxruntime threads per worker",
+    "graph_optimization": "onnxruntime graph optimisation level",
+    "max_batch_size": "most images per request and per onnxruntime call",
+    "max_queue_size": "most images waiting for compute per worker; beyond it RESOURCE_EXHAUSTED",
+    "max_queue_delay_us": "wait this long for more requests before computing (latency for throughput)",
+    "max_receive_message_bytes": "largest request message accepted",
+    "max_send_message_bytes": "largest response message sent",
+    "max_connection_age": "close client connections after this many seconds so clients rebalance (0: never)",
+    "grace_period": "seconds in-flight requests get to finish after SIGTERM/SIGINT",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_json": "log one JSON object per line",
+}
+CHOICES = {"graph_optimization": ("disable", "basic", "extended", "all"),
+           "log_level": ("DEBUG", "INFO", "WARNING", "ERROR")}
+
+
+def env_name(field_name: str) -> str:
+    return "DIGITS_" + field_name.upper()
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | None = None) -> None:
+    environ = os.environ if environ is None else environ
+    for f in fields(ServeConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = type(f.default)
+        default = f.default
+        if env_name(f.name) in environ:
+            raw = environ[env_name(f.name)]
+            try:
+                default = _parse_bool(raw) if kind is bool else kind(raw)
+            except ValueError:
+                parser.error(f"environment variable {env_name(f.name)}={raw!r} is not a valid {kind.__name__}")
+        help_text = f"{HELP[f.name]} [env {env_name(f.name)}; default %(default)s]"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=default, choices=CHOICES.get(f.name),
+                                help=help_text)
+
+
+def from_args(args: argparse.Namespace) -> ServeConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(ServeConfig)}
+    if values["workers"] <= 0:
+        values["workers"] = usable_cpus()
+    return ServeConfig(**values)

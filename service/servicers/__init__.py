@@ -1,0 +1,1 @@
+"""gRPC servicers: thin adapters between each API's protobuf messages and the inference core."""

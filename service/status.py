@@ -1,0 +1,70 @@
+"""The one place where failures become gRPC statuses, and where API calls are timed and counted.
+
+Servicer methods raise the core's `InferenceError`s; `observed` turns them into the status the
+error names, logs only the server's own bugs (a client's mistake is not a server log event),
+and records end-to-end latency, the status code and the in-flight count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from service import metrics
+from service.errors import InferenceError
+
+log = logging.getLogger(__name__)
+
+INTERNAL_MESSAGE = "internal server error; the server log has the details"
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status and message a client receives for `exc`."""
+    if isinstance(exc, InferenceError):
+        return grpc.StatusCode[exc.status], str(exc)
+    log.exception("unexpected error while handling a request", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def observed(api: str, method: str) -> Callable[[Handler], Handler]:
+    """Wraps a unary servicer method: statuses from errors, metrics for every call."""
+
+    def decorate(handler: Handler) -> Handler:
+        observe = metrics.RequestObserver(api, method)
+
+        @functools.wraps(handler)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            metrics.INFLIGHT.inc()
+            code = "OK"
+            try:
+                return await handler(self, request, context)
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure must become a precise status
+                status, message = status_of(exc)
+                code = status.name
+                await context.abort(status, message)
+            finally:
+                metrics.INFLIGHT.dec()
+                observe(code, time.perf_counter() - start)
+
+        return wrapper
+
+    return decorate
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's deadline on the time.monotonic() clock, or None when it set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining

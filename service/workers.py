@@ -1,0 +1,192 @@
+"""`--workers N`: N server processes on one port, one supervisor, one /metrics.
+
+Python serves one core per process, so using every core takes processes. The supervisor forks
+the workers before any gRPC object exists (gRPC does not survive a fork), and they all bind the
+same port with SO_REUSEPORT, so the kernel spreads connections across them. The supervisor holds
+the port without listening (so port 0 resolves once for everyone), serves the aggregate of the
+workers' Prometheus files, forwards SIGTERM/SIGINT, and replaces a worker that dies unexpectedly.
+It stays single-threaded so that forking a replacement later is safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from http.server import HTTPServer
+
+from service.config import ServeConfig
+
+log = logging.getLogger("service.workers")
+READY_TIMEOUT = 60.0
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host.strip("[]"), port))
+    return sock
+
+
+class Supervisor:
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self._children: dict[int, int] = {}  # pid -> worker index
+        self._stopping = False
+
+    def run(self) -> int:
+        if "service.metrics" in sys.modules:
+            raise RuntimeError("service.metrics was imported before the multiprocess directory was set")
+        own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+        metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="digits-metrics-"))
+        for stale in os.listdir(metrics_dir):
+            if stale.endswith(".db"):
+                os.unlink(os.path.join(metrics_dir, stale))
+        try:
+            return self._run()
+        finally:
+            if own_dir:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    def _run(self) -> int:
+        from service.serve_cli import announce
+
+        try:
+            holder = _reserve_port(self.config.host, self.config.port)
+        except OSError as exc:
+            log.error("cannot start: cannot bind %s:%d: %s", self.config.host, self.config.port, exc)
+            return 2
+        self.config = replace(self.config, port=holder.getsockname()[1])
+        ready_read, self._ready_write = os.pipe()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        for index in range(self.config.workers):
+            self._spawn(index)
+        if not self._wait_ready(ready_read):
+            self._stop_children(grace=5.0)
+            return 2
+        httpd = self._metrics_server()
+        announce(self.config, self.config.port, httpd.server_port)
+        while not self._stopping:
+            httpd.handle_request()  # returns after httpd.timeout at the latest
+            self._reap(replace_dead=True)
+        httpd.server_close()
+        code = self._stop_children(grace=self.config.grace_period + 5.0)
+        holder.close()
+        return code
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._stopping = True
+
+    def _spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid:
+            self._children[pid] = index
+            return
+        code = 2
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            code = _worker_main(self.config, self._ready_write)
+        except BaseException:  # noqa: BLE001 - a child must never return into the supervisor's code
+            log.exception("worker %d failed", index)
+        finally:
+            os._exit(code)
+
+    def _wait_ready(self, ready_read: int) -> bool:
+        deadline = time.monotonic() + READY_TIMEOUT
+        ready = 0
+        while ready < self.config.workers:
+            if self._stopping or time.monotonic() > deadline:
+                log.error("cannot start: %d of %d workers became ready", ready, self.config.workers)
+                return False
+            readable, _, _ = select.select([ready_read], [], [], 0.2)
+            if readable:
+                ready += len(os.read(ready_read, 64))
+            if self._reap(replace_dead=False):
+                log.error("cannot start: a worker exited during start-up (see its error above)")
+                return False
+        return True
+
+    def _reap(self, replace_dead: bool) -> bool:
+        """Collects exited workers; returns True if any died. Replaces them when asked."""
+        from prometheus_client import multiprocess
+
+        died = False
+        while self._children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            index = self._children.pop(pid)
+            multiprocess.mark_process_dead(pid)
+            died = True
+            if replace_dead and not self._stopping:
+                log.warning("worker %d (pid %d) exited with %s; starting a replacement", index, pid,
+                            _describe_status(status))
+                self._spawn(index)
+        return died
+
+    def _metrics_server(self) -> HTTPServer:
+        from prometheus_client import CollectorRegistry, MetricsHandler, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        httpd = HTTPServer((self.config.host.strip("[]"), self.config.metrics_port),
+                           MetricsHandler.factory(registry))
+        httpd.timeout = 0.2
+        return httpd
+
+    def _stop_children(self, grace: float) -> int:
+        for pid in self._children:
+            _kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        failures = 0
+        while self._children and time.monotonic() < deadline:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                time.sleep(0.05)
+                continue
+            self._children.pop(pid, None)
+            failures += os.waitstatus_to_exitcode(status) != 0
+        for pid in list(self._children):
+            log.error("worker pid %d did not stop within %.1f s; killing it", pid, grace)
+            _kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            failures += 1
+        self._children.clear()
+        return 0 if failures == 0 else 1
+
+
+def _worker_main(config: ServeConfig, ready_write: int) -> int:
+    import asyncio
+
+    from service import server
+    from service.errors import ModelNotFound
+    from service.runtime import ModelLoadError
+
+    try:
+        return asyncio.run(server.run(config, lambda port: os.write(ready_write, b"1")))
+    except (ModelLoadError, ModelNotFound, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _describe_status(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
