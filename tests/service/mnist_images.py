@@ -12,13 +12,13 @@ MNIST = Path(__file__).resolve().parents[2] / "data" / "mnist"
 
 
 @cache
-def test_images() -> np.ndarray:
+def mnist_test_images() -> np.ndarray:
     """uint8 [10000, 784]."""
     raw = gzip.decompress((MNIST / "t10k-images-idx3-ubyte.gz").read_bytes())
     return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 784)
 
 
 @cache
-def test_labels() -> np.ndarray:
+def mnist_test_labels() -> np.ndarray:
     raw = gzip.decompress((MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes())
     return np.frombuffer(raw, np.uint8, offset=8)
