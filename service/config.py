@@ -37,6 +37,11 @@ class ServeConfig:
     max_send_message_bytes: int = 16 * 1024 * 1024
     max_connection_age: float = 0.0        # seconds; 0 keeps connections for ever
     grace_period: float = 10.0
+    model_poll_interval: float = 5.0       # seconds; 0 never looks for new versions
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    auth_token_file: str = ""
     log_level: str = "INFO"
     log_json: bool = False
 
@@ -58,6 +63,11 @@ HELP = {
     "max_send_message_bytes": "largest response message sent",
     "max_connection_age": "close client connections after this many seconds so clients rebalance (0: never)",
     "grace_period": "seconds in-flight requests get to finish after SIGTERM/SIGINT",
+    "model_poll_interval": "seconds between looks for a new model version to swap in (0: never)",
+    "tls_cert": "PEM certificate chain: serve gRPC over TLS",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    "auth_token_file": "file holding a bearer token the inference RPCs require (or env DIGITS_AUTH_TOKEN)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_json": "log one JSON object per line",
 }

@@ -7,16 +7,21 @@ failures are the exceptions of `service.errors`.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from service import metrics
 from service.batcher import Batcher
 from service.errors import InvalidInput, ModelNotFound, NotReady
-from service.repository import ModelRepository
-from service.runtime import ModelDescription, ModelRuntime
+from service.repository import ModelRepository, ModelVersion
+from service.runtime import ModelDescription, ModelLoadError, ModelRuntime
 from service.validation import check_batch_size
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,37 +46,87 @@ class CoreSettings:
     graph_optimization: str = "all"
 
 
+@dataclass(frozen=True)
+class _Served:
+    """A loaded version and its batcher, swapped as one value so a request never mixes two."""
+
+    model: ModelDescription
+    batcher: Batcher
+    file_key: tuple[int, int]  # (mtime_ns, size) of model.onnx when it was loaded
+    images: Any                # the images-classified counter of this version
+
+
 class InferenceCore:
     def __init__(self, repository: ModelRepository, version: str | None, settings: CoreSettings) -> None:
         self.repository = repository
         self.settings = settings
-        self._version = version
-        self._model: ModelDescription | None = None
-        self._batcher: Batcher | None = None
+        self._pinned_version = version
+        self._served: _Served | None = None
+        self._rejected: set[tuple[str, tuple[int, int]]] = set()
 
-    def load(self) -> ModelDescription:
-        """Loads and warms up the model; raises ModelLoadError or ModelNotFound if it can't."""
-        version = self.repository.resolve(self._version)
+    def _load(self, version: ModelVersion) -> _Served:
+        """Loads, checks and warms up one version; raises ModelLoadError if it is unusable."""
+        file_key = _file_key(version)
         runtime = ModelRuntime(version, intra_op_threads=self.settings.intra_op_threads,
                                graph_optimization=self.settings.graph_optimization)
         runtime.warm_up(self.settings.max_batch_size)
-        self._batcher = Batcher(runtime.run, runtime.output_names,
-                                max_batch_size=self.settings.max_batch_size,
-                                max_queue_size=self.settings.max_queue_size,
-                                max_queue_delay=self.settings.max_queue_delay)
-        self._model = runtime.description
-        metrics.MODEL_INFO.labels(self._model.name, self._model.version, self._model.sha256).set(1)
-        return self._model
+        batcher = Batcher(runtime.run, runtime.output_names, max_batch_size=self.settings.max_batch_size,
+                          max_queue_size=self.settings.max_queue_size,
+                          max_queue_delay=self.settings.max_queue_delay)
+        model = runtime.description
+        return _Served(model, batcher, file_key, metrics.IMAGES.labels(model.version))
+
+    def _install(self, served: _Served) -> None:
+        previous, self._served = self._served, served  # one assignment: atomic on the event loop
+        if previous is not None:
+            metrics.MODEL_INFO.labels(previous.model.name, previous.model.version, previous.model.sha256).set(0)
+        model = served.model
+        metrics.MODEL_INFO.labels(model.name, model.version, model.sha256).set(1)
+
+    def load(self) -> ModelDescription:
+        """Loads the pinned or newest version at start-up; raises ModelLoadError or ModelNotFound."""
+        self._install(self._load(self.repository.resolve(self._pinned_version)))
+        return self.model
+
+    async def reload_if_changed(self) -> bool:
+        """Swaps in the repository's newest version if it differs from the served one.
+
+        Loading and warm-up run in a thread so requests keep flowing; requests already queued
+        finish on the old version. A version that fails to load is logged, remembered (until its
+        file changes) and not tried again, and the served version keeps serving.
+        """
+        if self._pinned_version:
+            return False
+        try:
+            newest = self.repository.resolve(None)
+            key = (newest.version, _file_key(newest))
+        except (ModelNotFound, OSError) as exc:
+            log.warning("model repository check failed, still serving version %s: %s", self.model.version, exc)
+            return False
+        served = self._served
+        if key == (served.model.version, served.file_key) or key in self._rejected:
+            return False
+        try:
+            candidate = await asyncio.to_thread(self._load, newest)
+        except ModelLoadError as exc:
+            self._rejected.add(key)
+            log.error("rejected model version %s, still serving version %s: %s", newest.version,
+                      served.model.version, exc)
+            return False
+        self._install(candidate)
+        log.info("now serving model %s version %s (sha256 %s), was version %s", candidate.model.name,
+                 candidate.model.version, candidate.model.sha256[:12], served.model.version)
+        return True
 
     @property
     def ready(self) -> bool:
-        return self._model is not None
+        return self._served is not None
 
     @property
     def model(self) -> ModelDescription:
-        if self._model is None:
+        if self._served is None:
             raise NotReady("model is not loaded yet")
-        return self._model
+        return self._served.model
 
     def find_model(self, name: str, version: str = "") -> ModelDescription:
         """The served model if `name`/`version` designate it (empty version: the default)."""
@@ -83,10 +138,11 @@ class InferenceCore:
                                 f"loaded: {model.version}")
         return model
 
-    def _check_outputs(self, names: tuple[str, ...]) -> None:
+    @staticmethod
+    def _check_outputs(model: ModelDescription, names: tuple[str, ...]) -> None:
         if not names:
             raise InvalidInput("no outputs requested")
-        known = self.model.output_names
+        known = model.output_names
         for name in names:
             if name not in known:
                 raise InvalidInput(f"unknown output '{name}'; this model has {', '.join(known)}")
@@ -94,9 +150,16 @@ class InferenceCore:
             raise InvalidInput(f"output names requested more than once: {list(names)}")
 
     async def infer(self, request: InferenceRequest) -> InferenceResult:
-        model = self.model
+        served = self._served
+        if served is None:
+            raise NotReady("model is not loaded yet")
         check_batch_size(len(request.pixels), self.settings.max_batch_size)
-        self._check_outputs(request.outputs)
-        arrays = await self._batcher.submit(request.pixels, request.outputs, request.deadline)
-        metrics.IMAGES.inc(len(request.pixels))
-        return InferenceResult(model, dict(zip(request.outputs, arrays)))
+        self._check_outputs(served.model, request.outputs)
+        arrays = await served.batcher.submit(request.pixels, request.outputs, request.deadline)
+        served.images.inc(len(request.pixels))
+        return InferenceResult(served.model, dict(zip(request.outputs, arrays)))
+
+
+def _file_key(version: ModelVersion) -> tuple[int, int]:
+    stat = version.path.stat()
+    return stat.st_mtime_ns, stat.st_size

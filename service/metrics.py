@@ -39,7 +39,8 @@ BATCH_SIZE = Histogram(
     f"{PREFIX}_batch_size", "Images per onnxruntime call after coalescing.", buckets=BATCH_BUCKETS)
 INFLIGHT = Gauge(
     f"{PREFIX}_inflight_requests", "Inference API calls being handled now.", multiprocess_mode="livesum")
-IMAGES = Counter(f"{PREFIX}_images_classified", "Images classified successfully.")
+IMAGES = Counter(f"{PREFIX}_images_classified", "Images classified successfully, by the model version that answered.",
+                 ["version"])
 MODEL_INFO = Gauge(
     f"{PREFIX}_model_info", "The model being served (value 1): name, version and SHA-256 of model.onnx.",
     ["model", "version", "sha256"], multiprocess_mode="livemax")

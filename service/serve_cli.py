@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 
 from service import config as serve_config
@@ -42,12 +41,10 @@ def serve_in_process(config: serve_config.ServeConfig) -> int:
     from prometheus_client import start_http_server
 
     from service import server
-    from service.errors import ModelNotFound
-    from service.runtime import ModelLoadError
 
     try:
         httpd, _ = start_http_server(config.metrics_port, addr=config.host)
-        return asyncio.run(server.run(config, lambda port: announce(config, port, httpd.server_port)))
-    except (ModelLoadError, ModelNotFound, OSError) as exc:
-        log.error("cannot start: %s", exc)
+    except OSError as exc:
+        log.error("cannot start: metrics port %d: %s", config.metrics_port, exc)
         return 2
+    return server.serve(config, lambda port: announce(config, port, httpd.server_port))

@@ -1,9 +1,10 @@
 """Lifecycle of one server process: assemble, load, warm up, report ready, drain on a signal.
 
 This is the only module that touches health status. Order of events:
-load the model (a bad model fails start-up before any port is bound) → start gRPC with every
-service NOT_SERVING → warm up → SERVING → wait for SIGTERM/SIGINT → NOT_SERVING → stop
-accepting RPCs and give in-flight ones `grace_period` seconds → exit 0.
+load and warm up the model (a bad model fails start-up before any port is bound) → start gRPC
+with every service NOT_SERVING → SERVING → watch the repository for new versions while waiting
+for SIGTERM/SIGINT → NOT_SERVING → stop accepting RPCs and give in-flight ones `grace_period`
+seconds → exit 0.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service import security
 from service.config import ServeConfig
 from service.core import CoreSettings, InferenceCore
+from service.errors import ModelNotFound
 from service.repository import ModelRepository
+from service.runtime import ModelLoadError
 from service.servicers import digits_v1, kserve_v2
 
 log = logging.getLogger(__name__)
@@ -65,7 +69,10 @@ class ServerProcess:
     async def start(self) -> int:
         """Loads the model and starts serving; returns the bound gRPC port."""
         model = self.core.load()  # raises on a missing, corrupt or wrong model: nothing bound yet
-        server = grpc.aio.server(options=grpc_options(self.config))
+        credentials = security.server_credentials(self.config)
+        token = security.load_token(self.config)
+        interceptors = [security.BearerTokenInterceptor(token)] if token else []
+        server = grpc.aio.server(options=grpc_options(self.config), interceptors=interceptors)
         names = [digits_v1.add_to_server(self.core, server),
                  kserve_v2.add_to_server(self.core, self.is_serving, server)]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -74,7 +81,8 @@ class ServerProcess:
             await self._health.set(name, NOT_SERVING)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         address = f"{self.config.host}:{self.config.port}"
-        self.port = server.add_insecure_port(address)
+        self.port = (server.add_secure_port(address, credentials) if credentials
+                     else server.add_insecure_port(address))
         if not self.port:
             raise OSError(f"cannot listen on {address}")
         await server.start()
@@ -90,8 +98,19 @@ class ServerProcess:
     def request_stop(self) -> None:
         self._stop.set()
 
+    async def watch_repository(self) -> None:
+        """Swaps in new model versions as they appear (hot reload), until the server stops."""
+        interval = self.config.model_poll_interval
+        while interval > 0 and not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), interval)
+            except TimeoutError:
+                await self.core.reload_if_changed()
+
     async def wait_and_drain(self) -> None:
+        watcher = asyncio.create_task(self.watch_repository())
         await self._stop.wait()
+        await watcher
         log.info("draining: NOT_SERVING, refusing new RPCs, %.1f s for in-flight ones", self.config.grace_period)
         self._serving = False
         await self._health.enter_graceful_shutdown()
@@ -110,3 +129,12 @@ async def run(config: ServeConfig, on_ready: Callable[[int], None] | None = None
         on_ready(port)
     await process.wait_and_drain()
     return 0
+
+
+def serve(config: ServeConfig, on_ready: Callable[[int], None] | None = None) -> int:
+    """Runs one server process to completion; a start-up failure is one log line and exit code 2."""
+    try:
+        return asyncio.run(run(config, on_ready))
+    except (ModelLoadError, ModelNotFound, security.SecurityConfigError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2

@@ -48,8 +48,9 @@ def observed(api: str, method: str) -> Callable[[Handler], Handler]:
             code = "OK"
             try:
                 return await handler(self, request, context)
-            except asyncio.CancelledError:
-                code = "CANCELLED"
+            except asyncio.CancelledError:  # the client went away, or its deadline passed
+                remaining = context.time_remaining()
+                code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure must become a precise status
                 status, message = status_of(exc)

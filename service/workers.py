@@ -167,17 +167,9 @@ class Supervisor:
 
 
 def _worker_main(config: ServeConfig, ready_write: int) -> int:
-    import asyncio
-
     from service import server
-    from service.errors import ModelNotFound
-    from service.runtime import ModelLoadError
 
-    try:
-        return asyncio.run(server.run(config, lambda port: os.write(ready_write, b"1")))
-    except (ModelLoadError, ModelNotFound, OSError) as exc:
-        log.error("cannot start: %s", exc)
-        return 2
+    return server.serve(config, lambda port: os.write(ready_write, b"1"))
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -88,7 +88,7 @@ def test_signal_drains_in_flight_requests_and_exits_zero(workers, sig):
             health = health_pb2_grpc.HealthStub(channel)
             statuses = []
             watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
-            watcher = threading.Thread(target=lambda: statuses.extend(r.status for r in watch), daemon=True)
+            watcher = threading.Thread(target=collect_statuses, args=(watch, statuses), daemon=True)
             watcher.start()
             futures = [stub.Classify.future(ONE, timeout=30) for _ in range(40)]
             assert wait_for(lambda: inflight(server) == 40), "requests never became in flight"
@@ -104,6 +104,13 @@ def test_signal_drains_in_flight_requests_and_exits_zero(workers, sig):
         assert statuses[0] == health_pb2.HealthCheckResponse.SERVING
     finally:
         server.stop()
+
+
+def collect_statuses(watch, statuses: list) -> None:
+    try:
+        statuses.extend(response.status for response in watch)
+    except grpc.RpcError:  # the server went away: the watch ends
+        pass
 
 
 def worker_pids(supervisor_pid: int) -> list[int]:
@@ -160,5 +167,21 @@ def test_environment_configures_the_server(tmp_path, model_path):
         assert '"message": "serving grpc=' in server.log
         with grpc.insecure_channel(server.address) as channel:
             assert _classify_ok(channel)
+    finally:
+        assert server.stop() == 0
+
+
+def test_request_whose_deadline_passes_in_the_queue_is_not_computed():
+    server = RunningServer("--workers", "1", "--max-queue-delay-us", "300000")
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.DigitClassifierStub(channel)
+            with pytest.raises(grpc.RpcError) as error:
+                stub.Classify(ONE, timeout=0.05)  # waits 0.3 s in the queue: too late
+            assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert len(stub.Classify(ONE, timeout=10).predictions) == 1
+        text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+        assert "digits_batch_size_count 1.0" in text  # only the second request reached the model
+        assert 'code="DEADLINE_EXCEEDED"' in text
     finally:
         assert server.stop() == 0
