@@ -60,3 +60,9 @@ class RequestObserver:
             children = self._children[code] = (REQUEST_DURATION.labels(*labels), REQUESTS.labels(*labels))
         children[0].observe(seconds)
         children[1].inc()
+
+
+def answered_calls() -> int:
+    """Inference calls this process answered successfully: the server's side of a drain count."""
+    return int(sum(sample.value for family in REQUESTS.collect() for sample in family.samples
+                   if sample.name.endswith("_total") and sample.labels["code"] == "OK"))

@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service import security
+from service import metrics, security
 from service.config import ServeConfig
 from service.core import CoreSettings, InferenceCore
 from service.errors import ModelNotFound
@@ -115,7 +115,7 @@ class ServerProcess:
         self._serving = False
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.config.grace_period)
-        log.info("stopped")
+        log.info("stopped after answering %d inference calls successfully", metrics.answered_calls())
 
 
 async def run(config: ServeConfig, on_ready: Callable[[int], None] | None = None) -> int:

@@ -4,7 +4,6 @@ one is rejected, logged, and the old version keeps serving."""
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 import urllib.request
 
@@ -14,43 +13,8 @@ from service.generated.digits.v1 import digits_pb2 as pb
 from service.generated.digits.v1 import digits_pb2_grpc as pb_grpc
 from service.generated.inference import grpc_predict_v2_pb2 as vpb
 from service.generated.inference import grpc_predict_v2_pb2_grpc as vgrpc
-from tests.service.mnist_images import mnist_test_images
 from tests.service.server_process import RunningServer
-
-ONE = pb.ClassifyRequest(pixel_format=pb.PIXEL_FORMAT_UINT8, pixels=mnist_test_images()[:1].tobytes())
-
-
-class SteadyLoad:
-    """Four client threads calling Classify back to back; counts answers by status and version."""
-
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.insecure_channel(address)
-        self.stub = pb_grpc.DigitClassifierStub(self.channel)
-        self.versions: dict[str, int] = {}
-        self.failures: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(4)]
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                version, failure = self.stub.Classify(ONE, timeout=10).model_version, None
-            except grpc.RpcError as exc:
-                version, failure = None, exc.code().name
-            with self._lock:
-                if failure:
-                    self.failures[failure] = self.failures.get(failure, 0) + 1
-                else:
-                    self.versions[version] = self.versions.get(version, 0) + 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(15)
-        self.channel.close()
+from tests.service.steady_load import SteadyLoad
 
 
 def wait_for(condition, timeout=30.0):
