@@ -2,11 +2,12 @@
 
 This network costs microseconds per image and much less per image in a batch, while each call has
 a fixed overhead; so under concurrency, one call for everything waiting beats one call each. The
-batcher lives on the server's event loop: a request that finds the model idle is computed on the
-next loop turn; requests that arrive meanwhile (the loop is busy computing or decoding) wait in a
-bounded queue and the next call takes all of them, up to `max_batch_size` images. Compute runs
-inline on the loop thread: for a model this small a hop to a worker thread costs more than the
-compute itself, and each worker process owns one core anyway.
+batcher lives on the server's event loop: a request that finds the model idle is computed at once,
+on its own loop turn; requests that arrive while the model is busy (later in the same turn, or
+while others are queued) wait in a bounded queue and the next turn's call takes all of them, up to
+`max_batch_size` images. An optional `max_queue_delay` holds every request that long to gather
+more. Compute runs inline on the loop thread: for a model this small a hop to a worker thread
+costs more than the compute itself, and each worker process owns one core anyway.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class Batcher:
         self._pending: deque[_Pending] = deque()
         self._queued_images = 0
         self._flush_scheduled = False
+        self._busy_this_turn = False
+
+    def _end_turn(self) -> None:
+        self._busy_this_turn = False
 
     @property
     def queued_images(self) -> int:
@@ -53,6 +58,15 @@ class Batcher:
     async def submit(self, pixels: np.ndarray, outputs: tuple[str, ...],
                      deadline: float | None) -> list[np.ndarray]:
         """Returns the requested outputs for these rows, in the order of `outputs`."""
+        if not (self._pending or self._busy_this_turn) and self._delay <= 0:
+            # Idle: compute now, on this loop turn, with no hop of latency. Requests that reach
+            # the batcher later in the same turn queue and go together on the next turn.
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExpired("deadline passed before compute; not computed")
+            self._busy_this_turn = True
+            asyncio.get_running_loop().call_soon(self._end_turn)
+            metrics.QUEUE_WAIT.observe(0.0)
+            return self._execute(pixels, outputs)
         count = len(pixels)
         if self._queued_images + count > self._max_queue:
             raise Overloaded(f"server queue is full ({self._queued_images} images waiting, limit "
@@ -106,18 +120,13 @@ class Batcher:
         if any(item.outputs != names for item in batch):
             wanted = {n for item in batch for n in item.outputs}
             names = tuple(n for n in self._output_order if n in wanted)
-        pixels = _stack([item.pixels for item in batch])
-        start = time.perf_counter()
         try:
-            results = self._run(pixels, names)
-        except Exception as exc:  # a runtime failure fails this batch, not the server
-            error = InferenceError(f"model execution failed: {exc}")
+            results = self._execute(_stack([item.pixels for item in batch]), names)
+        except InferenceError as error:  # a runtime failure fails this batch, not the server
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)
             return
-        metrics.MODEL_COMPUTE.observe(time.perf_counter() - start)
-        metrics.BATCH_SIZE.observe(len(pixels))
         by_name = dict(zip(names, results))
         row = 0
         for item in batch:
@@ -126,16 +135,26 @@ class Batcher:
                 item.future.set_result([by_name[n][row:end] for n in item.outputs])
             row = end
 
+    def _execute(self, pixels: np.ndarray, names: tuple[str, ...]) -> list[np.ndarray]:
+        """One onnxruntime call, timed; `pixels` may still be uint8."""
+        pixels = _as_float(pixels)
+        start = time.perf_counter()
+        try:
+            results = self._run(pixels, names)
+        except Exception as exc:  # onnxruntime raises its own unrelated exception types
+            raise InferenceError(f"model execution failed: {exc}") from exc
+        metrics.MODEL_COMPUTE.observe(time.perf_counter() - start)
+        metrics.BATCH_SIZE.observe(len(pixels))
+        return results
+
 
 def _stack(parts: list[np.ndarray]) -> np.ndarray:
-    """One float32 [N, 784] array in [0, 1]; uint8 pixels are scaled here, once per batch."""
+    """One [N, 784] array of the batch; uint8 stays uint8 so it is scaled once, in `_execute`."""
     if len(parts) == 1:
-        pixels = parts[0]
-    elif all(p.dtype == parts[0].dtype for p in parts):
-        pixels = np.concatenate(parts)
-    else:
-        pixels = np.concatenate([_as_float(p) for p in parts])
-    return _as_float(pixels)
+        return parts[0]
+    if all(p.dtype == parts[0].dtype for p in parts):
+        return np.concatenate(parts)
+    return np.concatenate([_as_float(p) for p in parts])
 
 
 def _as_float(pixels: np.ndarray) -> np.ndarray:

@@ -46,7 +46,21 @@ def expected(runtime, images, names=("probabilities",)):
     return runtime.runtime.run(images.astype(np.float32) / np.float32(255), names)
 
 
-def test_concurrent_requests_share_one_call_and_get_their_own_rows(runtime):
+def test_idle_request_is_computed_at_once(runtime):
+    images = mnist_test_images()[:2]
+
+    async def main():
+        batcher = batcher_for(runtime)
+        task = asyncio.ensure_future(batcher.submit(images, ("probabilities",), None))
+        await asyncio.sleep(0)  # one loop turn: the task ran, and so did the model
+        assert task.done() and runtime.calls == [2]
+        return task.result()
+
+    (probabilities,) = asyncio.run(main())
+    np.testing.assert_allclose(probabilities, expected(runtime, images)[0], atol=1e-6)
+
+
+def test_requests_arriving_while_busy_share_one_call_and_get_their_own_rows(runtime):
     images = mnist_test_images()[:30]
 
     async def main():
@@ -55,7 +69,7 @@ def test_concurrent_requests_share_one_call_and_get_their_own_rows(runtime):
                                       for i in range(0, 30, 3)))
 
     results = asyncio.run(main())
-    assert runtime.calls == [30]
+    assert runtime.calls == [3, 27]  # the first found the model idle; the rest arrived while it was busy
     want = expected(runtime, images)[0]
     for k, (probabilities,) in enumerate(results):
         np.testing.assert_allclose(probabilities, want[3 * k:3 * k + 3], atol=1e-6)
@@ -70,14 +84,14 @@ def test_calls_never_exceed_max_batch_size(runtime):
                                       for i in range(0, 100, 10)))
 
     asyncio.run(main())
-    assert runtime.calls == [20, 20, 20, 20, 20]
+    assert runtime.calls == [10, 20, 20, 20, 20, 10]
 
 
 def test_mixed_dtypes_and_outputs_in_one_call(runtime):
     images = mnist_test_images()[:4]
 
     async def main():
-        batcher = batcher_for(runtime)
+        batcher = batcher_for(runtime, max_queue_delay=0.001)
         return await asyncio.gather(
             batcher.submit(images[:2], ("probabilities",), None),
             batcher.submit((images[2:] / 255).astype(np.float32), ("activation_1", "logits"), None))
@@ -94,7 +108,7 @@ def test_full_queue_is_refused_without_waiting(runtime):
     images = mnist_test_images()[:8]
 
     async def main():
-        batcher = batcher_for(runtime, max_queue_size=10)
+        batcher = batcher_for(runtime, max_queue_size=10, max_queue_delay=0.01)
         first = asyncio.ensure_future(batcher.submit(images, ("probabilities",), None))
         await asyncio.sleep(0)  # queued, not yet computed
         with pytest.raises(Overloaded, match="8 images waiting, limit 10"):
@@ -110,7 +124,7 @@ def test_expired_and_cancelled_requests_are_not_computed(runtime):
     images = mnist_test_images()[:3]
 
     async def main():
-        batcher = batcher_for(runtime)
+        batcher = batcher_for(runtime, max_queue_delay=0.01)
         expired = asyncio.ensure_future(batcher.submit(images[:1], ("probabilities",), time.monotonic() - 1))
         cancelled = asyncio.ensure_future(batcher.submit(images[1:2], ("probabilities",), None))
         live = asyncio.ensure_future(batcher.submit(images[2:], ("probabilities",), time.monotonic() + 60))
