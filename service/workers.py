@@ -94,8 +94,8 @@ class Supervisor:
             return
         code = 2
         try:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, signal.SIG_DFL)
+            for sig in (signal.SIGTERM, signal.SIGINT):  # until the server installs its own handlers,
+                signal.signal(sig, _exit_cleanly)         # a stop finds nothing in flight
             code = _worker_main(self.config, self._ready_write)
         except BaseException:  # noqa: BLE001 - a child must never return into the supervisor's code
             log.exception("worker %d failed", index)
@@ -170,6 +170,10 @@ def _worker_main(config: ServeConfig, ready_write: int) -> int:
     from service import server
 
     return server.serve(config, lambda port: os.write(ready_write, b"1"))
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    os._exit(0)
 
 
 def _kill(pid: int, sig: int) -> None:
