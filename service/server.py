@@ -72,7 +72,8 @@ class ServerProcess:
         credentials = security.server_credentials(self.config)
         token = security.load_token(self.config)
         interceptors = [security.BearerTokenInterceptor(token)] if token else []
-        server = grpc.aio.server(options=grpc_options(self.config), interceptors=interceptors)
+        server = grpc.aio.server(options=grpc_options(self.config), interceptors=interceptors,
+                                 maximum_concurrent_rpcs=self.config.max_concurrent_rpcs)
         names = [digits_v1.add_to_server(self.core, server),
                  kserve_v2.add_to_server(self.core, self.is_serving, server)]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
