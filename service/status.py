@@ -15,9 +15,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
 
 from service import metrics
-from service.errors import InferenceError
+from service.errors import InferenceError, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,48 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode[exc.status], str(exc)
     log.exception("unexpected error while handling a request", exc_info=exc)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+class MalformedRequest:
+    """Stands in for request bytes that are not a valid message, so our handler can refuse them
+    with INVALID_ARGUMENT; otherwise gRPC answers UNKNOWN and logs a traceback per request."""
+
+    request_id = ""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = error
+
+    def refusal(self) -> InvalidInput:
+        return InvalidInput(f"request is not a valid protobuf message: {self.error}")
+
+
+def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return MalformedRequest(exc)
+
+    return deserialize
+
+
+_KINDS = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+          (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+
+
+def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> str:
+    """Registers `servicer` (methods named as in the .proto) with tolerant request parsing."""
+    handlers = {}
+    for method in service.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        make = _KINDS[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(getattr(servicer, method.name),
+                                     request_deserializer=_tolerant(request_class.FromString),
+                                     response_serializer=response_class.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+    return service.full_name
 
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -47,6 +92,8 @@ def observed(api: str, method: str) -> Callable[[Handler], Handler]:
             metrics.INFLIGHT.inc()
             code = "OK"
             try:
+                if isinstance(request, MalformedRequest):
+                    raise request.refusal()
                 return await handler(self, request, context)
             except asyncio.CancelledError:  # the client went away, or its deadline passed
                 remaining = context.time_remaining()

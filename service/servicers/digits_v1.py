@@ -18,7 +18,7 @@ from service.errors import InvalidInput
 from service.generated.digits.v1 import digits_pb2 as pb
 from service.generated.digits.v1 import digits_pb2_grpc as pb_grpc
 from service.runtime import INPUT_NAME, LOGITS, PROBABILITIES
-from service.status import deadline_of, observed, status_of
+from service.status import MalformedRequest, add_service, deadline_of, observed, status_of
 from service.validation import pixels_from_bytes, pixels_from_values
 
 API = "digits_v1"
@@ -44,6 +44,8 @@ class DigitsV1Servicer(pb_grpc.DigitClassifierServicer):
         self._stream_observer = metrics.RequestObserver(API, "ClassifyStream")
 
     async def _classify(self, request: pb.ClassifyRequest, deadline: float | None) -> pb.ClassifyResponse:
+        if isinstance(request, MalformedRequest):
+            raise request.refusal()
         model = self._core.find_model(self._core.model.name, request.model_version)
         pixels = decode_pixels(request)
         hidden = tuple(n for n in model.output_names if n not in (PROBABILITIES, LOGITS))
@@ -123,5 +125,4 @@ class DigitsV1Servicer(pb_grpc.DigitClassifierServicer):
 
 
 def add_to_server(core: InferenceCore, server: grpc.aio.Server) -> str:
-    pb_grpc.add_DigitClassifierServicer_to_server(DigitsV1Servicer(core), server)
-    return pb.DESCRIPTOR.services_by_name["DigitClassifier"].full_name
+    return add_service(server, DigitsV1Servicer(core), pb.DESCRIPTOR.services_by_name["DigitClassifier"])

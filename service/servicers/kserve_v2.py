@@ -18,7 +18,7 @@ from service.errors import InvalidInput
 from service.generated.inference import grpc_predict_v2_pb2 as pb
 from service.generated.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.runtime import FEATURES, INPUT_NAME, ModelDescription
-from service.status import deadline_of, observed
+from service.status import add_service, deadline_of, observed
 from service.validation import pixels_from_bytes, pixels_from_values
 
 API = "kserve_v2"
@@ -138,5 +138,4 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 def add_to_server(core: InferenceCore, is_serving: callable, server: grpc.aio.Server) -> str:
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeV2Servicer(core, is_serving), server)
-    return pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+    return add_service(server, KServeV2Servicer(core, is_serving), pb.DESCRIPTOR.services_by_name["GRPCInferenceService"])
