@@ -20,16 +20,12 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="digits", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="digits", description="digit-serving: train, export, evaluate, serve, classify with and load-test "
+                                   "the MNIST digit network.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # a real missing dependency, not a module still to be written
-                raise
-            continue
-        module.add_commands(subparsers)
+        importlib.import_module(name).add_commands(subparsers)
     return parser
 
 
