@@ -1,0 +1,1 @@
+"""Benchmarks: the no-op transport floor (`noop_server`) and the one-command benchmark (`run`)."""

@@ -1,0 +1,69 @@
+"""What one load-test run does: a plain, picklable description handed to every client process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+APIS = ("kserve_v2", "digits_v1")
+MODES = ("closed", "open")
+DTYPES = ("uint8", "float32")
+DEFAULT_TARGET = "127.0.0.1:8001"
+DEFAULT_MODEL_NAME = "mnist_mlp"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (cgroup/affinity aware where the OS tells us)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """One run. Closed loop uses `concurrency`; open loop uses `rate` (requests/s, all processes)."""
+
+    target: str = DEFAULT_TARGET
+    api: str = "kserve_v2"
+    stream: bool = False
+    mode: str = "closed"
+    concurrency: int = 8
+    rate: float = 100.0
+    processes: int = field(default_factory=lambda: min(2, usable_cpus()))
+    channels: int = 1
+    batch_size: int = 1
+    dtype: str = "float32"
+    activations: bool = False
+    warmup_s: float = 2.0
+    duration_s: float = 10.0
+    timeout_s: float = 10.0
+    max_inflight: int = 1000
+    max_requests: int = 0
+    model_name: str = DEFAULT_MODEL_NAME
+    mnist_dir: str = "data/mnist"
+
+    def validate(self) -> None:
+        """Rejects configurations that cannot run, before any process is started."""
+        if self.api not in APIS:
+            raise ValueError(f"api must be one of {APIS}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}")
+        if self.stream and self.api != "digits_v1":
+            raise ValueError("--stream needs --api digits_v1 (the V2 protocol has no streaming inference)")
+        if self.mode == "closed" and self.concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if self.mode == "open" and not self.rate > 0:
+            raise ValueError("rate must be > 0")
+        for name in ("processes", "channels", "batch_size", "max_inflight"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.warmup_s < 0 or not self.duration_s > 0 or not self.timeout_s > 0:
+            raise ValueError("warm-up must be >= 0, duration and timeout > 0")
+        if self.max_requests < 0:
+            raise ValueError("max_requests must be >= 0 (0: no limit)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,33 @@
+"""Length-prefixed pickle frames over a child process's stdin/stdout.
+
+Client processes are plain `python -m service.loadtest.worker` subprocesses rather than
+multiprocessing children: a fresh interpreter never inherits a caller's gRPC runtime (unsafe
+after fork), and unlike multiprocessing's spawn it does not re-import the caller's `__main__`,
+so `run_load` works from any script, test runner or notebook.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from typing import Any, BinaryIO
+
+_HEADER = struct.Struct("<Q")
+
+
+def write_frame(stream: BinaryIO, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def read_frame(stream: BinaryIO) -> Any:
+    """The next object, or raises EOFError when the other side has gone."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError("stream closed")
+    size = _HEADER.unpack(header)[0]
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("stream closed mid-frame")
+    return pickle.loads(data)

@@ -1,0 +1,172 @@
+"""Runs one load test across several client processes and merges what they measured.
+
+Client processes are fresh interpreters (never forked; see `ipc`), so a caller that already
+holds gRPC objects cannot hand a child a broken gRPC runtime. They connect first, then all start
+on one instant chosen by the parent, so warm-up and measurement windows line up across processes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from service.loadtest.config import LoadConfig
+from service.loadtest.histogram import LatencyHistogram
+from service.loadtest.ipc import read_frame, write_frame
+from service.loadtest.worker import ProcessPlan, clock
+
+PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999))
+_START_MARGIN_S = 0.05
+_CONNECT_GRACE_S = 30.0
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # where `service` can be imported from
+
+
+def split_plans(config: LoadConfig) -> list[ProcessPlan]:
+    """Divides concurrency (closed), rate (open) and the request quota over the processes."""
+    if config.mode == "closed":
+        count = min(config.processes, config.concurrency)
+        shares = [config.concurrency // count + (i < config.concurrency % count) for i in range(count)]
+    else:
+        count = config.processes
+        shares = [0] * count
+    quotas = [0] * count
+    if config.max_requests:
+        quotas = [config.max_requests // count + (i < config.max_requests % count) for i in range(count)]
+    return [ProcessPlan(index=i, concurrency=shares[i], rate=config.rate / count,
+                        max_requests=quotas[i], image_offset=i * 997) for i in range(count)]
+
+
+class LoadTestError(RuntimeError):
+    """A client process failed (not the target: its errors are counted, not raised)."""
+
+
+class _Client:
+    """One client process and a thread that turns its stdout frames into queue items."""
+
+    def __init__(self, config: LoadConfig, plan: ProcessPlan) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PROJECT_ROOT, env.get("PYTHONPATH")]))
+        self.process = subprocess.Popen([sys.executable, "-m", "service.loadtest.worker"], env=env,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.messages: queue.Queue = queue.Queue()
+        write_frame(self.process.stdin, (config, plan))
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self.messages.put(read_frame(self.process.stdout))
+        except (EOFError, OSError, ValueError):
+            self.messages.put(("died", None, f"exit code {self.process.wait()}"))
+
+    def receive(self, timeout_s: float):
+        try:
+            return self.messages.get(timeout=timeout_s)
+        except queue.Empty:
+            raise LoadTestError(f"no word from a client process within {timeout_s:.0f} s") from None
+
+    def send(self, obj) -> None:
+        write_frame(self.process.stdin, obj)
+
+    def close(self) -> None:
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(timeout=5)
+
+
+def run_load(config: LoadConfig) -> dict:
+    """Runs `config` to completion and returns the merged result (see `summarise`)."""
+    config.validate()
+    clients: list[_Client] = []
+    try:
+        for plan in split_plans(config):
+            clients.append(_Client(config, plan))
+        for client in clients:
+            message = client.receive(_CONNECT_GRACE_S + config.timeout_s)
+            if message[0] != "ready":
+                raise LoadTestError(f"client process {message[1]} failed while starting:\n{message[2]}")
+        measure_start = clock() + _START_MARGIN_S + config.warmup_s
+        for client in clients:
+            client.send(measure_start)
+        limit = config.warmup_s + config.duration_s + 2 * config.timeout_s + _CONNECT_GRACE_S
+        results = []
+        for client in clients:
+            message = client.receive(limit)
+            if message[0] != "result":
+                raise LoadTestError(f"client process {message[1]} failed:\n{message[2]}")
+            results.append(message[2])
+    finally:
+        for client in clients:
+            client.close()
+    return summarise(config, results)
+
+
+def summarise(config: LoadConfig, results: list[dict]) -> dict:
+    """Merges per-process results into the report: counts, rates and latency percentiles (ms)."""
+    histogram, send_lag = LatencyHistogram(), LatencyHistogram()
+    errors: dict[str, int] = {}
+    ok = sent_total = 0
+    elapsed = rps = 0.0
+    for result in results:
+        histogram.merge(LatencyHistogram.from_state(result["histogram"]))
+        send_lag.merge(LatencyHistogram.from_state(result["send_lag"]))
+        ok += result["ok"]
+        sent_total += result["sent_total"]
+        elapsed = max(elapsed, result["elapsed_s"])
+        if result["elapsed_s"] > 0:  # processes' windows differ slightly: add their own rates
+            rps += result["ok"] / result["elapsed_s"]
+        for code, count in result["errors"].items():
+            errors[code] = errors.get(code, 0) + count
+    failed = sum(errors.values())
+    latency = {name: _ms(histogram.quantile(q)) for name, q in PERCENTILES}
+    latency["max"] = _ms(histogram.max_s if histogram.total else math.nan)
+    latency["mean"] = _ms(histogram.mean())
+    return {
+        "target": config.target,
+        "api": config.api,
+        "stream": config.stream,
+        "mode": config.mode,
+        "concurrency": config.concurrency if config.mode == "closed" else None,
+        "offered_rps": config.rate if config.mode == "open" else None,
+        "processes": len(results),
+        "batch_size": config.batch_size,
+        "dtype": config.dtype,
+        "activations": config.activations,
+        "warmup_s": config.warmup_s,
+        "duration_s": round(elapsed, 6),
+        "requests": ok + failed,
+        "ok": ok,
+        "failed": failed,
+        "errors": dict(sorted(errors.items())),
+        "sent_total": sent_total,
+        "rps": rps,
+        "images_per_s": rps * config.batch_size,
+        "latency_ms": latency,
+        # open loop: how late the client itself sent (asyncio timers wake within ~1 ms; a large p99
+        # means the client processes were short of CPU: add --processes or lower the rate)
+        "send_lag_ms": ({"p50": _ms(send_lag.quantile(0.5)), "p99": _ms(send_lag.quantile(0.99)),
+                         "max": _ms(send_lag.max_s)} if config.mode == "open" and send_lag.total else None),
+    }
+
+
+def _ms(seconds: float) -> float | None:
+    return None if math.isnan(seconds) else seconds * 1000.0
+
+
+def sweep(config: LoadConfig, rates: list[float]) -> list[dict]:
+    """One open-loop run per offered rate, in order (each with its own warm-up)."""
+    return [run_load(replace(config, mode="open", rate=rate)) for rate in rates]

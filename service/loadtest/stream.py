@@ -1,0 +1,129 @@
+"""Streaming load: many digits.v1 requests in flight on one ClassifyStream."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from service.generated.digits.v1 import digits_pb2_grpc
+from service.loadtest.tally import Tally, clock, error_code, status_name
+
+STREAM_ENDED = "STREAM_ENDED"
+
+
+class StreamSession:
+    """One ClassifyStream carrying many requests at once, answers matched by request_id.
+
+    Requests are queued and written by one writer task, so neither the open-loop schedule nor
+    other slots wait on a slow write; a queued request's clock is already running. The request
+    messages are reused: the writer sets `request_id` just before the write serialises the
+    message. A broken stream fails its in-flight requests with the stream's status and the next
+    write opens a new one.
+    """
+
+    def __init__(self, stub: digits_pb2_grpc.DigitClassifierStub, tally: Tally, timeout_s: float) -> None:
+        self._stub = stub
+        self._tally = tally
+        self._timeout_s = timeout_s
+        self._call = None
+        self._readers: set[asyncio.Task] = set()
+        # request_id -> (intended send time, waiter or None, the call it was written on or None,
+        #                latency origin)
+        self._pending: dict[str, tuple[float, asyncio.Future | None, object, float]] = {}
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._next_id = 0
+        self._writer = asyncio.ensure_future(self._write_queued())
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    @property
+    def inflight(self) -> int:
+        return len(self._pending)
+
+    def submit(self, request, intended: float, waiter: asyncio.Future | None, origin: float | None = None) -> None:
+        """Queues `request`; its outcome is recorded in the tally and signalled on `waiter`."""
+        request_id = str(self._next_id)
+        self._next_id += 1
+        self._pending[request_id] = (intended, waiter, None, intended if origin is None else origin)
+        self._queue.put_nowait((request_id, request))
+
+    def _open(self):
+        call = self._stub.ClassifyStream()
+        reader = asyncio.ensure_future(self._read(call))
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
+        self._call = call
+        return call
+
+    async def _write_queued(self) -> None:
+        while True:
+            request_id, request = await self._queue.get()
+            entry = self._pending.get(request_id)
+            if entry is None:  # timed out while queued: never sent
+                continue
+            call = self._call or self._open()
+            self._pending[request_id] = (entry[0], entry[1], call, entry[3])
+            request.request_id = request_id
+            self._tally.sent_total += 1
+            try:
+                await call.write(request)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure is this request's result
+                if self._call is call:
+                    self._call = None
+                code = error_code(exc)
+                if not isinstance(exc, grpc.aio.AioRpcError) and call.done():
+                    code = (await call.code()).name  # the stream's own status says more
+                entry = self._pending.pop(request_id, None)
+                if entry is not None:
+                    self._complete(entry, code)
+
+    def _complete(self, entry: tuple, code: str) -> None:
+        intended, waiter, _, origin = entry
+        self._tally.done(intended, clock(), code, origin)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _read(self, call) -> None:
+        code = STREAM_ENDED
+        try:
+            async for response in call:
+                entry = self._pending.pop(response.request_id, None)
+                if entry is None:  # answered after we gave up on it
+                    continue
+                self._complete(entry, status_name(response.error.code) if response.HasField("error") else "OK")
+        except BaseException as exc:  # noqa: BLE001
+            code = error_code(exc)
+        finally:
+            if self._call is call:
+                self._call = None
+            for request_id in [rid for rid, entry in self._pending.items() if entry[2] is call]:
+                self._complete(self._pending.pop(request_id), code)
+
+    async def _sweep(self) -> None:
+        """Fails requests unanswered after the timeout (a stream has no per-message deadline)."""
+        period = max(0.01, min(self._timeout_s / 4, 0.25))
+        while True:
+            await asyncio.sleep(period)
+            limit = clock() - self._timeout_s
+            for request_id in [rid for rid, entry in self._pending.items() if entry[0] < limit]:
+                self._complete(self._pending.pop(request_id), "DEADLINE_EXCEEDED")
+
+    async def close(self) -> None:
+        """Waits (bounded by the timeout) for outstanding answers, then ends the stream."""
+        deadline = clock() + self._timeout_s + 0.5
+        while self._pending and clock() < deadline:
+            await asyncio.sleep(0.005)
+        self._writer.cancel()
+        self._sweeper.cancel()
+        call = self._call
+        if call is not None:
+            try:
+                await asyncio.wait_for(call.done_writing(), timeout=1.0)
+            except BaseException:  # noqa: BLE001 - shutting down
+                pass
+            call.cancel()
+        for reader in list(self._readers):
+            reader.cancel()
+        await asyncio.gather(self._writer, self._sweeper, *self._readers, return_exceptions=True)
