@@ -12,7 +12,6 @@ picture, index out of range), exit 1 when the server call fails (the gRPC status
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import sys
@@ -24,11 +23,10 @@ import grpc
 import numpy as np
 
 from service.client import DEFAULT_TARGET, DigitClient, Prediction
+from service.mnist_files import load_test_set
 from service.preprocess import PreprocessError, load_grayscale, preprocess
 
 MNIST_DIR = Path(__file__).resolve().parent.parent / "data" / "mnist"
-IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
-LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
 EXIT_RPC_ERROR = 1
 EXIT_BAD_INPUT = 2
 
@@ -46,33 +44,17 @@ class Item:
     label: int | None = None      # known answer (MNIST only)
 
 
-def read_idx(path: Path, magic: int) -> np.ndarray:
-    """Reads a gzipped IDX file (big-endian header: magic, then one uint32 per dimension).
-
-    A reader of our own so the service never imports model_export (the ONNX file is the only
-    contract between them).
-    """
-    data = gzip.decompress(path.read_bytes())
-    ndim = magic & 0xFF
-    header = np.frombuffer(data, dtype=">u4", count=1 + ndim)
-    if int(header[0]) != magic:
-        raise InputError(f"{path}: not an IDX file with magic {magic} (found {int(header[0])})")
-    shape = tuple(int(n) for n in header[1:])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 * (1 + ndim)).reshape(shape)
-
-
 def load_mnist_test(indices: list[int], mnist_dir: Path) -> list[Item]:
     """The requested MNIST test images, as-is (already MNIST-formatted), with their labels."""
     try:
-        images = read_idx(mnist_dir / IMAGES_FILE, 2051)
-        labels = read_idx(mnist_dir / LABELS_FILE, 2049)
+        images, labels = load_test_set(mnist_dir)
     except (OSError, EOFError, ValueError) as exc:
         raise InputError(f"cannot read the MNIST test set in {mnist_dir}: {exc}") from exc
     items = []
     for index in indices:
         if not 0 <= index < len(images):
             raise InputError(f"--mnist-index {index} is out of range (0-{len(images) - 1})")
-        items.append(Item(f"mnist-test[{index}]", images[index], int(labels[index])))
+        items.append(Item(f"mnist-test[{index}]", images[index].reshape(28, 28), int(labels[index])))
     return items
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from service.loadtest.config import APIS, DEFAULT_MODEL_NAME, DEFAULT_TARGET, DTYPES, MODES, LoadConfig, usable_cpus
-from service.loadtest.mnist_idx import TEST_IMAGES_FILE
+from service.mnist_files import TEST_IMAGES_FILE
 from service.loadtest.plot import plot_latency_vs_load
 from service.loadtest.report import describe, document, table, write_json
 from service.loadtest.runner import LoadTestError, run_load, sweep

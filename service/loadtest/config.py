@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
+
+from service.config import usable_cpus
 
 APIS = ("kserve_v2", "digits_v1")
 MODES = ("closed", "open")
 DTYPES = ("uint8", "float32")
 DEFAULT_TARGET = "127.0.0.1:8001"
 DEFAULT_MODEL_NAME = "mnist_mlp"
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (cgroup/affinity aware where the OS tells us)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from service.generated.digits.v1 import digits_pb2_grpc
 from service.generated.inference import grpc_predict_v2_pb2_grpc
 from service.loadtest.config import LoadConfig
 from service.loadtest.ipc import read_frame, write_frame
-from service.loadtest.mnist_idx import load_test_images
+from service.mnist_files import load_test_images
 from service.loadtest.payload import build_requests, synthetic_images
 from service.loadtest.stream import StreamSession
 from service.loadtest.tally import Tally, clock

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.classify_cli import IMAGES_FILE, LABELS_FILE, MNIST_DIR, read_idx
+from service.classify_cli import MNIST_DIR
+from service.mnist_files import load_test_set
 from service.cli import main
 from service.client import DigitClient
 from tests.service.test_preprocess import disguise
@@ -24,7 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def mnist() -> tuple[np.ndarray, np.ndarray]:
-    return read_idx(MNIST_DIR / IMAGES_FILE, 2051), read_idx(MNIST_DIR / LABELS_FILE, 2049)
+    images, labels = load_test_set(MNIST_DIR)
+    return images.reshape(-1, 28, 28), labels
 
 
 @pytest.fixture(scope="module")

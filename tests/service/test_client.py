@@ -15,7 +15,8 @@ import grpc
 import numpy as np
 import pytest
 
-from service.classify_cli import IMAGES_FILE, LABELS_FILE, MNIST_DIR, read_idx
+from service.classify_cli import MNIST_DIR
+from service.mnist_files import load_test_set
 from service.client import DigitClient, build_request, encode_images
 from service.generated.digits.v1 import digits_pb2
 
@@ -25,9 +26,8 @@ HIDDEN = ("activation_1", "activation_2")
 
 @pytest.fixture(scope="module")
 def mnist() -> tuple[np.ndarray, np.ndarray]:
-    images = read_idx(MNIST_DIR / IMAGES_FILE, 2051)[:200]
-    labels = read_idx(MNIST_DIR / LABELS_FILE, 2049)[:200]
-    return images, labels
+    images, labels = load_test_set(MNIST_DIR)
+    return images.reshape(-1, 28, 28)[:200], labels[:200]
 
 
 @pytest.fixture()

@@ -23,7 +23,7 @@ from service.cli import main as digits_main
 from service.generated.digits.v1 import digits_pb2, digits_pb2_grpc
 from service.loadtest.config import LoadConfig
 from service.loadtest.histogram import LatencyHistogram
-from service.loadtest.mnist_idx import read_idx_images
+from service.mnist_files import read_idx
 from service.loadtest.runner import split_plans
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,15 +201,15 @@ def test_idx_reader_reads_and_rejects(tmp_path):
     header = np.array([0x803, 3, 28, 28], dtype=">u4").tobytes()
     good = tmp_path / "images-idx3-ubyte.gz"
     good.write_bytes(gzip.compress(header + images.tobytes()))
-    assert np.array_equal(read_idx_images(good), images)
+    assert np.array_equal(read_idx(good), images)
     bad = tmp_path / "labels-idx1-ubyte"
     bad.write_bytes(np.array([0x801, 3, 0, 0], dtype=">u4").tobytes())
-    with pytest.raises(ValueError, match="magic"):
-        read_idx_images(bad)
+    with pytest.raises(ValueError, match="magic says 1 dimensions, expected 3"):
+        read_idx(bad, 3)
     truncated = tmp_path / "short-idx3-ubyte"
     truncated.write_bytes(header + images.tobytes()[:-1])
     with pytest.raises(ValueError, match="promises"):
-        read_idx_images(truncated)
+        read_idx(truncated)
 
 
 def test_load_is_split_over_processes():

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.classify_cli import IMAGES_FILE, MNIST_DIR, read_idx
+from service.classify_cli import MNIST_DIR
+from service.mnist_files import load_test_images
 from service.preprocess import (BlankImageError, PreprocessError, centre_of_mass, load_grayscale,
                                 preprocess, preprocess_float32, to_float32)
 
@@ -22,7 +23,7 @@ INDICES = range(20)
 
 @pytest.fixture(scope="module")
 def mnist_test_images() -> np.ndarray:
-    return read_idx(MNIST_DIR / IMAGES_FILE, 2051)
+    return load_test_images(MNIST_DIR).reshape(-1, 28, 28)
 
 
 def disguise(digit: np.ndarray, *, scale: int, offset: tuple[int, int],
