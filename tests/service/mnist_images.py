@@ -1,24 +1,26 @@
-"""Real MNIST test images for the service tests, read straight from the IDX files."""
+"""Real MNIST test images for the service tests (the project's copy in data/mnist)."""
 
 from __future__ import annotations
 
-import gzip
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 
+from service.mnist_files import load_test_set
+
 MNIST = Path(__file__).resolve().parents[2] / "data" / "mnist"
 
 
 @cache
+def _test_set() -> tuple[np.ndarray, np.ndarray]:
+    return load_test_set(MNIST)
+
+
 def mnist_test_images() -> np.ndarray:
     """uint8 [10000, 784]."""
-    raw = gzip.decompress((MNIST / "t10k-images-idx3-ubyte.gz").read_bytes())
-    return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 784)
+    return _test_set()[0]
 
 
-@cache
 def mnist_test_labels() -> np.ndarray:
-    raw = gzip.decompress((MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes())
-    return np.frombuffer(raw, np.uint8, offset=8)
+    return _test_set()[1]
