@@ -145,7 +145,11 @@ def judge(windows: list[dict], tolerance: Tolerance) -> dict:
     start = {p["pid"]: p for p in windows[0]["processes"]}
     end = {p["pid"]: p for p in windows[-1]["processes"]}
     processes = []
-    for pid in sorted(start.keys() | end.keys(), key=lambda p: (start.get(p) or end[p])["role"] != "supervisor"):
+
+    def order(pid: int) -> tuple[bool, int]:
+        return (start.get(pid) or end[pid])["role"] == "worker", pid
+
+    for pid in sorted(start.keys() | end.keys(), key=order):
         first, last = start.get(pid), end.get(pid)
         entry: dict = {"pid": pid, "role": (first or last)["role"]}
         if first is None or last is None:
@@ -207,10 +211,10 @@ def run_windows(load: LoadConfig, root_pid: int, plan: SoakPlan, tolerance: Tole
     while plan.more(len(windows), time.monotonic() - began):
         try:
             result = run_load(window_load)
+            processes = settled_sample(root_pid)
         except KeyboardInterrupt:
             interrupted = True
             break
-        processes = settled_sample(root_pid)
         window = {"window": len(windows) + 1, "elapsed_s": time.monotonic() - began, "rps": result["rps"],
                   "requests": result["requests"], "ok": result["ok"], "errors": result["errors"],
                   "sent_total": result["sent_total"], "latency_ms": result["latency_ms"],
@@ -264,10 +268,24 @@ def summary_lines(report: dict) -> list[str]:
                      f"digits_requests_total {acc['server_counted']:,.0f}")
     for name, ok in verdict["checks"].items():
         lines.append(f"  {name}: {'PASS' if ok else 'FAIL'}")
+    lines.append(latency_drift(report["windows"]))
     if verdict["errors"]:
         lines.append(f"  errors by status: {verdict['errors']}")
     lines.append(("PASS" if verdict["pass"] else "FAIL") + (" (interrupted)" if report["interrupted"] else ""))
     return lines
+
+
+def latency_drift(windows: list[dict]) -> str:
+    """Latency after the warm-up window against the last window: reported, not judged (load on the
+    machine moves it; growth in memory, not in time, is what this soak decides on)."""
+    first, last = windows[min(1, len(windows) - 1)], windows[-1]
+
+    def triple(window: dict) -> str:
+        latency = window["latency_ms"]
+        return "/".join("-" if latency[q] is None else f"{latency[q]:.2f}" for q in ("p50", "p99", "p99.9"))
+
+    later = f", window {last['window']} {triple(last)}" if last is not first else ""
+    return f"  latency p50/p99/p99.9 ms: window {first['window']} {triple(first)}{later} (not judged)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,9 +326,12 @@ def soak_started_server(load: LoadConfig, plan: SoakPlan, tolerance: Tolerance, 
         report = run_windows(replace(load, target=server.address), server.process.pid, plan, tolerance,
                              emit, on_window)
         counted_after = requests_counted(server.metrics_url)
-        if counted_after is not None and report["windows"]:
-            report["accounting"] = {"clients_sent": sum(w["sent_total"] for w in report["windows"]),
-                                    "server_counted": counted_after - counted_before}
+        if counted_after is not None and "verdict" in report:
+            sent = sum(w["sent_total"] for w in report["windows"])
+            report["accounting"] = {"clients_sent": sent, "server_counted": counted_after - counted_before}
+            verdict = report["verdict"]
+            verdict["checks"]["server counted every request sent"] = sent == counted_after - counted_before
+            verdict["pass"] = all(verdict["checks"].values())
     finally:
         code = server.stop()
     report["server_exit_code"] = code
@@ -371,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
                     warmup_s=args.window_warmup)
     tolerance = Tolerance(rss_fraction=args.rss_pct / 100.0, rss_mb=args.rss_mb, fds=args.fds)
     length = f"{args.windows} windows" if args.windows else f"{args.minutes:g} min"
-    print(f"$ {command}\nsoak: {length} of {args.interval:g} s windows (+{args.window_warmup:g} s warm-up each), "
+    print(f"$ {command}\nsoak: {length}, {args.interval:g} s windows (+{args.window_warmup:g} s warm-up each), "
           f"closed loop {args.api}{' stream' if args.stream else ''}, concurrency {args.concurrency}, "
           f"{args.processes} client processes × {args.channels} connections; {tolerance.describe()}", flush=True)
 
