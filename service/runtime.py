@@ -20,6 +20,7 @@ FEATURES = 784
 PROBABILITIES = "probabilities"
 LOGITS = "logits"
 _ACTIVATION = re.compile(r"activation_(\d+)$")
+ort.disable_telemetry_events()  # nothing to report to, and it writes files a read-only container lacks
 
 GRAPH_OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
