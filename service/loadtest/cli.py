@@ -45,6 +45,8 @@ def add_commands(subparsers) -> None:
                         help="open-loop sweep, e.g. 500,1000,2000: one run per rate (implies --mode open)")
     parser.add_argument("--processes", type=int, default=min(2, usable_cpus()), help="client processes (default %(default)s)")
     parser.add_argument("--channels", type=int, default=1, help="gRPC connections per client process")
+    parser.add_argument("--lb-policy", choices=("pick_first", "round_robin"), default="pick_first",
+                        help="gRPC load balancing; round_robin with a dns:/// target reaches every pod of a headless Service")
     parser.add_argument("--batch-size", type=int, default=1, help="images per request")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="pixel encoding on the wire")
     parser.add_argument("--activations", action="store_true", help="also request hidden activations and logits")
@@ -67,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     return LoadConfig(
         target=args.target, api=args.api, stream=args.stream,
         mode="open" if args.rates else args.mode, concurrency=args.concurrency,
-        rate=args.rates[0] if args.rates else args.rate, processes=args.processes, channels=args.channels,
+        rate=args.rates[0] if args.rates else args.rate, processes=args.processes, channels=args.channels, lb_policy=args.lb_policy,
         batch_size=args.batch_size, dtype=args.dtype, activations=args.activations,
         warmup_s=args.warmup, duration_s=args.duration, timeout_s=args.timeout,
         max_inflight=args.max_inflight, max_requests=args.max_requests,

@@ -25,6 +25,7 @@ class LoadConfig:
     rate: float = 100.0
     processes: int = field(default_factory=lambda: min(2, usable_cpus()))
     channels: int = 1
+    lb_policy: str = "pick_first"   # round_robin spreads a dns:/// target over every address (headless Service)
     batch_size: int = 1
     dtype: str = "float32"
     activations: bool = False

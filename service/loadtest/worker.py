@@ -60,7 +60,8 @@ class ProcessRun:
         self.tally = Tally(measure_start, measure_start + config.duration_s, plan.max_requests,
                            closed=config.mode == "closed")
         self.start = measure_start - config.warmup_s
-        self.channels = [grpc.aio.insecure_channel(config.target, options=_CHANNEL_OPTIONS)
+        options = [*_CHANNEL_OPTIONS, ("grpc.lb_policy_name", config.lb_policy)]
+        self.channels = [grpc.aio.insecure_channel(config.target, options=options)
                          for _ in range(config.channels)]
         self.requests = self._requests()
 

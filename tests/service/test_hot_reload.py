@@ -49,6 +49,7 @@ def test_new_version_swaps_in_under_load_and_corrupt_one_is_rejected(tmp_path, m
         assert wait_for(lambda: load.versions.get("3", 0) > 50)
     finally:
         load.stop()
+    print(f"hot reload under load: answered by version {load.versions}, failed {load.failures}")
     try:
         assert load.failures == {}, load.failures  # zero failed requests across both events
         with grpc.insecure_channel(server.address) as channel:

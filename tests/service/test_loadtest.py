@@ -87,11 +87,13 @@ def assert_sane(run: dict, batch_size: int) -> None:
 @pytest.mark.parametrize("api, dtype, batch, processes, extra", [
     ("kserve_v2", "uint8", 4, 2, ["--activations"]),
     ("digits_v1", "float32", 3, 1, []),
+    ("kserve_v2", "float32", 1, 1, ["--lb-policy", "round_robin", "--channels", "2"]),
 ])
 def test_closed_loop_unary_counts_match_the_server(noop, tmp_path, api, dtype, batch, processes, extra):
     counter = "kserve_v2.ModelInfer" if api == "kserve_v2" else "digits_v1.Classify"
     before = noop.counts()[counter]
-    code, doc = loadtest(tmp_path, "--target", noop.address, "--api", api, "--dtype", dtype,
+    target = f"dns:///{noop.address}" if "round_robin" in extra else noop.address
+    code, doc = loadtest(tmp_path, "--target", target, "--api", api, "--dtype", dtype,
                          "--batch-size", str(batch), "--concurrency", "3", "--processes", str(processes), *extra, *SHORT)
     assert code == 0
     (run,) = doc["runs"]
