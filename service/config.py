@@ -44,7 +44,7 @@ class ServeConfig:
     max_batch_size: int = 1024
     max_queue_size: int = 8192
     max_queue_delay_us: int = 0
-    max_concurrent_rpcs: int = 512
+    max_concurrent_rpcs: int = 256
     max_receive_message_bytes: int = 16 * 1024 * 1024
     max_send_message_bytes: int = 16 * 1024 * 1024
     max_connection_age: float = 0.0        # seconds; 0 keeps connections for ever
@@ -71,7 +71,8 @@ HELP = {
     "max_batch_size": "most images per request and per onnxruntime call",
     "max_queue_size": "most images waiting for compute per worker; beyond it RESOURCE_EXHAUSTED",
     "max_queue_delay_us": "wait this long for more requests before computing (latency for throughput)",
-    "max_concurrent_rpcs": "most RPCs one worker handles at once; more are refused with RESOURCE_EXHAUSTED",
+    "max_concurrent_rpcs": "most RPCs one worker handles at once (and about as many may wait in gRPC); "
+                           "more are refused at once",
     "max_receive_message_bytes": "largest request message accepted",
     "max_send_message_bytes": "largest response message sent",
     "max_connection_age": "close client connections after this many seconds so clients rebalance (0: never)",

@@ -43,7 +43,12 @@ def build_core(config: ServeConfig) -> InferenceCore:
 def grpc_options(config: ServeConfig) -> list[tuple[str, int]]:
     options = [("grpc.max_receive_message_length", config.max_receive_message_bytes),
                ("grpc.max_send_message_length", config.max_send_message_bytes),
-               ("grpc.so_reuseport", 1)]
+               ("grpc.so_reuseport", 1),
+               # Calls gRPC core holds before our event loop takes them. Unbounded (its default is
+               # thousands), an overloaded worker serves only calls that waited past their deadline
+               # and goodput collapses; bounded, the excess is shed at once and what is served is fresh.
+               ("grpc.server.max_pending_requests", config.max_concurrent_rpcs),
+               ("grpc.server.max_pending_requests_hard_limit", 2 * config.max_concurrent_rpcs)]
     if config.max_connection_age > 0:
         age_ms = int(config.max_connection_age * 1000)
         options += [("grpc.max_connection_age_ms", age_ms),
