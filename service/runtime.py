@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import onnxruntime as ort
@@ -48,6 +49,13 @@ class ModelDescription:
     parameter_count: int
     test_accuracy: float
     metadata: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def with_activations(self) -> tuple[str, ...]:
+        """probabilities, then every layer's activations in network order (hidden layers, logits);
+        computed once per model, not per request."""
+        hidden = tuple(n for n in self.output_names if _ACTIVATION.match(n))
+        return (PROBABILITIES, *hidden, *(n for n in (LOGITS,) if n in self.output_names))
 
 
 def _ordered_outputs(names: list[str]) -> tuple[str, ...]:

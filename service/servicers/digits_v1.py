@@ -17,7 +17,7 @@ from service.core import InferenceCore, InferenceRequest
 from service.errors import InvalidInput
 from service.generated.digits.v1 import digits_pb2 as pb
 from service.generated.digits.v1 import digits_pb2_grpc as pb_grpc
-from service.runtime import INPUT_NAME, LOGITS, PROBABILITIES
+from service.runtime import INPUT_NAME, PROBABILITIES
 from service.status import MalformedRequest, add_service, deadline_of, observed, status_of
 from service.validation import pixels_from_bytes, pixels_from_values
 
@@ -48,8 +48,7 @@ class DigitsV1Servicer(pb_grpc.DigitClassifierServicer):
             raise request.refusal()
         model = self._core.find_model(self._core.model.name, request.model_version)
         pixels = decode_pixels(request)
-        hidden = tuple(n for n in model.output_names if n not in (PROBABILITIES, LOGITS))
-        outputs = (PROBABILITIES, *hidden, LOGITS) if request.include_activations else (PROBABILITIES,)
+        outputs = model.with_activations if request.include_activations else (PROBABILITIES,)
         result = await self._core.infer(InferenceRequest(pixels, outputs, deadline))
         probabilities = result.outputs[PROBABILITIES]
         digits = probabilities.argmax(axis=1)

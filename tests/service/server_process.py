@@ -9,10 +9,21 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SERVING = re.compile(r"serving grpc=(\S+) metrics=(\S+) workers=(\d+)")
+
+
+def wait_for(condition, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Polls `condition` until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
 
 
 class RunningServer:
@@ -40,6 +51,12 @@ class RunningServer:
             if match:
                 self.address, self.metrics_url = match.group(1), match.group(2)
                 self._ready.set()
+
+    def metric(self, name: str, fragment: str = "") -> float:
+        """Sum of the scraped samples called `name` (any labels) whose line contains `fragment`."""
+        text = urllib.request.urlopen(self.metrics_url, timeout=10).read().decode()
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.split("{")[0].split(" ")[0] == name and fragment in line)
 
     @property
     def log(self) -> str:

@@ -4,7 +4,6 @@ one is rejected, logged, and the old version keeps serving."""
 from __future__ import annotations
 
 import shutil
-import time
 import urllib.request
 
 import grpc
@@ -13,17 +12,8 @@ from service.generated.digits.v1 import digits_pb2 as pb
 from service.generated.digits.v1 import digits_pb2_grpc as pb_grpc
 from service.generated.inference import grpc_predict_v2_pb2 as vpb
 from service.generated.inference import grpc_predict_v2_pb2_grpc as vgrpc
-from tests.service.server_process import RunningServer
+from tests.service.server_process import RunningServer, wait_for
 from tests.service.steady_load import SteadyLoad
-
-
-def wait_for(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_new_version_swaps_in_under_load_and_corrupt_one_is_rejected(tmp_path, model_path):
@@ -32,21 +22,21 @@ def test_new_version_swaps_in_under_load_and_corrupt_one_is_rejected(tmp_path, m
     server = RunningServer("--workers", "1", "--model-repository", str(repo), "--model-poll-interval", "0.2")
     load = SteadyLoad(server.address)
     try:
-        assert wait_for(lambda: load.versions.get("1", 0) > 50)
+        assert wait_for(lambda: load.versions.get("1", 0) > 50, timeout=30)
         # a corrupt version 2, written atomically (temp folder renamed into place)
         staging = tmp_path / "staging2"
         staging.mkdir()
         (staging / "model.onnx").write_bytes(b"not a model" * 100)
         staging.rename(repo / "mnist_mlp" / "2")
-        assert wait_for(lambda: "rejected model version 2" in server.log)
+        assert wait_for(lambda: "rejected model version 2" in server.log, timeout=30)
         served_before = load.versions.get("1", 0)
-        assert wait_for(lambda: load.versions.get("1", 0) > served_before + 50)  # still serving v1
+        assert wait_for(lambda: load.versions.get("1", 0) > served_before + 50, timeout=30)  # still on v1
         assert "2" not in load.versions
         # a good version 3 appears
         staging = tmp_path / "staging3"
         shutil.copytree(model_path.parent, staging)
         staging.rename(repo / "mnist_mlp" / "3")
-        assert wait_for(lambda: load.versions.get("3", 0) > 50)
+        assert wait_for(lambda: load.versions.get("3", 0) > 50, timeout=30)
     finally:
         load.stop()
     print(f"hot reload under load: answered by version {load.versions}, failed {load.failures}")

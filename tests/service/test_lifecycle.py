@@ -12,7 +12,6 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-import onnx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper
@@ -20,7 +19,7 @@ from onnx import TensorProto, helper
 from service.generated.digits.v1 import digits_pb2 as pb
 from service.generated.digits.v1 import digits_pb2_grpc as pb_grpc
 from tests.service.mnist_images import mnist_test_images
-from tests.service.server_process import RunningServer
+from tests.service.server_process import RunningServer, wait_for
 from tests.service.steady_load import SteadyLoad
 
 ONE = pb.ClassifyRequest(pixel_format=pb.PIXEL_FORMAT_UINT8, pixels=mnist_test_images()[:1].tobytes())
@@ -66,20 +65,6 @@ def test_bad_model_fails_start_up_clearly(tmp_path, case, expected, workers):
     assert expected in server.log and "cannot start" in server.log
 
 
-def wait_for(condition, timeout=10.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return False
-
-
-def inflight(server: RunningServer) -> float:
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("digits_inflight_requests"))
-
-
 @pytest.mark.parametrize("workers, sig", [("1", signal.SIGTERM), ("1", signal.SIGINT), ("2", signal.SIGTERM)])
 def test_signal_drains_in_flight_requests_and_exits_zero(workers, sig):
     # every request waits 0.4 s in the queue, so they are all in flight when the signal lands
@@ -93,7 +78,7 @@ def test_signal_drains_in_flight_requests_and_exits_zero(workers, sig):
             watcher = threading.Thread(target=collect_statuses, args=(watch, statuses), daemon=True)
             watcher.start()
             futures = [stub.Classify.future(ONE, timeout=30) for _ in range(40)]
-            assert wait_for(lambda: inflight(server) == 40), "requests never became in flight"
+            assert wait_for(lambda: server.metric("digits_inflight_requests") == 40), "requests never became in flight"
             server.signal(sig)
             assert all(len(f.result().predictions) == 1 for f in futures)  # none lost
             assert wait_for(lambda: health_pb2.HealthCheckResponse.NOT_SERVING in statuses)
@@ -149,7 +134,7 @@ def test_full_queue_is_resource_exhausted_at_once():
             stub = pb_grpc.DigitClassifierStub(channel)
             five = pb.ClassifyRequest(pixel_format=pb.PIXEL_FORMAT_UINT8, pixels=mnist_test_images()[:5].tobytes())
             accepted = [stub.Classify.future(five, timeout=10) for _ in range(2)]
-            assert wait_for(lambda: inflight(server) == 2)
+            assert wait_for(lambda: server.metric("digits_inflight_requests") == 2)
             with pytest.raises(grpc.RpcError) as error:
                 stub.Classify(five, timeout=10)
             assert not any(f.done() for f in accepted)  # refused at once, not after the queue moved

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 from collections import Counter
 
 import grpc
@@ -13,7 +12,7 @@ import numpy as np
 from service.generated.digits.v1 import digits_pb2 as pb
 from service.generated.digits.v1 import digits_pb2_grpc as pb_grpc
 from tests.service.mnist_images import mnist_test_images
-from tests.service.server_process import RunningServer
+from tests.service.server_process import RunningServer, wait_for
 
 ONE = pb.ClassifyRequest(pixel_format=pb.PIXEL_FORMAT_UINT8, pixels=mnist_test_images()[:1].tobytes())
 
@@ -23,18 +22,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
-
-
-def metric(server: RunningServer, name: str) -> float:
-    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
-               or line.startswith(name + "{"))
-
-
-def metric_with(server: RunningServer, fragment: str) -> float:
-    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith("digits_requests_total") and fragment in line)
 
 
 async def burst(address: str, calls: int, deadline: float) -> tuple[Counter, list[float], float]:
@@ -65,8 +52,8 @@ def test_far_above_capacity_excess_is_refused_and_nothing_is_wasted():
     try:
         statuses, latencies, seconds = asyncio.run(burst(server.address, calls=2000, deadline=10.0))
         peak_rss = rss_mb(server.process.pid)
-        computed = metric(server, "digits_images_classified_total")
-        late_in_server = metric_with(server, 'code="DEADLINE_EXCEEDED"')
+        computed = server.metric("digits_images_classified_total")
+        late_in_server = server.metric("digits_requests_total", 'code="DEADLINE_EXCEEDED"')
     finally:
         assert server.stop() == 0
     print(f"overload: 2000 calls at once: {dict(statuses)} in {seconds:.2f} s; served {statuses['OK'] / seconds:.0f} "
@@ -88,9 +75,7 @@ def test_calls_over_the_admission_limit_get_resource_exhausted():
         with grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.DigitClassifierStub(channel)
             holding = [stub.Classify.future(ONE, timeout=30) for _ in range(8)]
-            deadline = time.monotonic() + 10
-            while metric(server, "digits_inflight_requests") < 8 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_for(lambda: server.metric("digits_inflight_requests") == 8)
             outcomes = Counter()
             for _ in range(4):  # one at a time: each meets a full house
                 try:
@@ -111,14 +96,12 @@ def test_client_that_leaves_costs_no_compute():
         with grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.DigitClassifierStub(channel)
             leaving = [stub.Classify.future(ONE, timeout=30) for _ in range(10)]
-            deadline = time.monotonic() + 10
-            while metric(server, "digits_inflight_requests") < 10 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_for(lambda: server.metric("digits_inflight_requests") == 10)
             for future in leaving:
                 future.cancel()
             time.sleep(0.6)  # past the queue delay: the batch would have been computed by now
             assert len(stub.Classify(ONE, timeout=10).predictions) == 1
-        assert metric(server, "digits_batch_size_count") == 1  # only the request that stayed
-        assert metric(server, "digits_images_classified_total") == 1
+        assert server.metric("digits_batch_size_count") == 1  # only the request that stayed
+        assert server.metric("digits_images_classified_total") == 1
     finally:
         assert server.stop() == 0
