@@ -8,6 +8,7 @@ inputs or set the parameter `binary_data_output`, typed `fp32_contents` otherwis
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
 import grpc
@@ -106,7 +107,7 @@ def tensor_metadata(model: ModelDescription) -> pb.ModelMetadataResponse:
 
 
 class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: InferenceCore, is_serving: callable) -> None:
+    def __init__(self, core: InferenceCore, is_serving: Callable[[], bool]) -> None:
         self._core = core
         self._is_serving = is_serving
 
@@ -137,5 +138,5 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return encode_response(request, result, wants_raw_output(request))
 
 
-def add_to_server(core: InferenceCore, is_serving: callable, server: grpc.aio.Server) -> str:
+def add_to_server(core: InferenceCore, is_serving: Callable[[], bool], server: grpc.aio.Server) -> str:
     return add_service(server, KServeV2Servicer(core, is_serving), pb.DESCRIPTOR.services_by_name["GRPCInferenceService"])
