@@ -65,7 +65,7 @@ class Batcher:
                 raise DeadlineExpired("deadline passed before compute; not computed")
             self._busy_this_turn = True
             asyncio.get_running_loop().call_soon(self._end_turn)
-            metrics.QUEUE_WAIT.observe(0.0)
+            metrics.observe_queue_wait(0.0)
             return self._execute(pixels, outputs)
         count = len(pixels)
         if self._queued_images + count > self._max_queue:
@@ -101,7 +101,7 @@ class Batcher:
                 item.future.set_exception(DeadlineExpired(
                     f"deadline passed after {now - item.enqueued:.6f} s in the queue; not computed"))
                 continue
-            metrics.QUEUE_WAIT.observe(now - item.enqueued)
+            metrics.observe_queue_wait(now - item.enqueued)
             batch.append(item)
             images += count
         return batch
@@ -143,8 +143,7 @@ class Batcher:
             results = self._run(pixels, names)
         except Exception as exc:  # onnxruntime raises its own unrelated exception types
             raise InferenceError(f"model execution failed: {exc}") from exc
-        metrics.MODEL_COMPUTE.observe(time.perf_counter() - start)
-        metrics.BATCH_SIZE.observe(len(pixels))
+        metrics.observe_compute(time.perf_counter() - start, len(pixels))
         return results
 
 

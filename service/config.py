@@ -71,8 +71,8 @@ HELP = {
     "max_batch_size": "most images per request and per onnxruntime call",
     "max_queue_size": "most images waiting for compute per worker; beyond it RESOURCE_EXHAUSTED",
     "max_queue_delay_us": "wait this long for more requests before computing (latency for throughput)",
-    "max_concurrent_rpcs": "most RPCs one worker handles at once (and about as many may wait in gRPC); "
-                           "more are refused at once",
+    "max_concurrent_rpcs": "most inference calls (stream messages included) one worker handles at once; more "
+                           "get RESOURCE_EXHAUSTED (about as many may wait in gRPC core, which sheds the rest)",
     "max_receive_message_bytes": "largest request message accepted",
     "max_send_message_bytes": "largest response message sent",
     "max_connection_age": "close client connections after this many seconds so clients rebalance (0: never)",

@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service import metrics, security
+from service import metrics, security, status
 from service.config import ServeConfig
 from service.core import CoreSettings, InferenceCore
 from service.errors import ModelNotFound
@@ -77,8 +77,8 @@ class ServerProcess:
         credentials = security.server_credentials(self.config)
         token = security.load_token(self.config)
         interceptors = [security.BearerTokenInterceptor(token)] if token else []
-        server = grpc.aio.server(options=grpc_options(self.config), interceptors=interceptors,
-                                 maximum_concurrent_rpcs=self.config.max_concurrent_rpcs)
+        status.limit_concurrent_calls(self.config.max_concurrent_rpcs)
+        server = grpc.aio.server(options=grpc_options(self.config), interceptors=interceptors)
         names = [digits_v1.add_to_server(self.core, server),
                  kserve_v2.add_to_server(self.core, self.is_serving, server)]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -1,8 +1,12 @@
-"""The one place where failures become gRPC statuses, and where API calls are timed and counted.
+"""The one place where failures become gRPC statuses, and where API calls are admitted, timed and counted.
 
 Servicer methods raise the core's `InferenceError`s; `observed` turns them into the status the
 error names, logs only the server's own bugs (a client's mistake is not a server log event),
-and records end-to-end latency, the status code and the in-flight count.
+and records end-to-end latency, the status code and the in-flight count. It also refuses calls
+beyond the worker's concurrency limit. gRPC's own `maximum_concurrent_rpcs` does that with an
+asyncio.Condition and an extra task per call, which cost 7 % of throughput at 1 × 32; a
+comparison with the in-flight count we keep anyway costs nothing, and health checks and
+reflection are never refused.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
 from service import metrics
-from service.errors import InferenceError, InvalidInput
+from service.errors import InferenceError, InvalidInput, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,21 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
+_max_concurrent_calls = 256
+
+
+def limit_concurrent_calls(limit: int) -> None:
+    """Inference API calls (stream messages included) one worker handles at once; more are refused."""
+    global _max_concurrent_calls
+    _max_concurrent_calls = limit
+
+
+def admit() -> None:
+    """Raises Overloaded when this worker already handles its limit of calls, this one included."""
+    if metrics.inflight() > _max_concurrent_calls:
+        raise Overloaded(f"server is handling its limit of {_max_concurrent_calls} calls (--max-concurrent-rpcs); "
+                         "retry with backoff or add replicas")
+
 
 def observed(api: str, method: str) -> Callable[[Handler], Handler]:
     """Wraps a unary servicer method: statuses from errors, metrics for every call."""
@@ -89,9 +108,10 @@ def observed(api: str, method: str) -> Callable[[Handler], Handler]:
         @functools.wraps(handler)
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
-            metrics.INFLIGHT.inc()
+            metrics.request_started()
             code = "OK"
             try:
+                admit()
                 if isinstance(request, MalformedRequest):
                     raise request.refusal()
                 return await handler(self, request, context)
@@ -104,7 +124,7 @@ def observed(api: str, method: str) -> Callable[[Handler], Handler]:
                 code = status.name
                 await context.abort(status, message)
             finally:
-                metrics.INFLIGHT.dec()
+                metrics.request_finished()
                 observe(code, time.perf_counter() - start)
 
         return wrapper

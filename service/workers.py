@@ -3,8 +3,8 @@
 Python serves one core per process, so using every core takes processes. The supervisor forks
 the workers before any gRPC object exists (gRPC does not survive a fork), and they all bind the
 same port with SO_REUSEPORT, so the kernel spreads connections across them. The supervisor holds
-the port without listening (so port 0 resolves once for everyone), serves the aggregate of the
-workers' Prometheus files, forwards SIGTERM/SIGINT, and replaces a worker that dies unexpectedly.
+the port without listening (so port 0 resolves once for everyone), serves the workers' metrics
+summed into one /metrics (their shared-memory rows and Prometheus files), forwards SIGTERM/SIGINT, and replaces a worker that dies unexpectedly.
 It stays single-threaded so that forking a replacement later is safe.
 """
 
@@ -67,6 +67,9 @@ class Supervisor:
             return 2
         self.config = replace(self.config, port=holder.getsockname()[1])
         ready_read, self._ready_write = os.pipe()
+        from service import metrics
+
+        metrics.share_between_workers(self.config.workers)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         for index in range(self.config.workers):
@@ -96,7 +99,7 @@ class Supervisor:
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):  # until the server installs its own handlers,
                 signal.signal(sig, _exit_cleanly)         # a stop finds nothing in flight
-            code = _worker_main(self.config, self._ready_write)
+            code = _worker_main(self.config, index, self._ready_write)
         except BaseException:  # noqa: BLE001 - a child must never return into the supervisor's code
             log.exception("worker %d failed", index)
         finally:
@@ -121,6 +124,8 @@ class Supervisor:
         """Collects exited workers; returns True if any died. Replaces them when asked."""
         from prometheus_client import multiprocess
 
+        from service import metrics
+
         died = False
         while self._children:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -128,6 +133,7 @@ class Supervisor:
                 break
             index = self._children.pop(pid)
             multiprocess.mark_process_dead(pid)
+            metrics.worker_exited(index)
             died = True
             if replace_dead and not self._stopping:
                 log.warning("worker %d (pid %d) exited with %s; starting a replacement", index, pid,
@@ -138,8 +144,11 @@ class Supervisor:
     def _metrics_server(self) -> HTTPServer:
         from prometheus_client import CollectorRegistry, MetricsHandler, multiprocess
 
+        from service import metrics
+
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        metrics.register(registry)
         httpd = HTTPServer((self.config.host.strip("[]"), self.config.metrics_port),
                            MetricsHandler.factory(registry))
         httpd.timeout = 0.2
@@ -166,8 +175,10 @@ class Supervisor:
         return 0 if failures == 0 else 1
 
 
-def _worker_main(config: ServeConfig, ready_write: int) -> int:
-    from service import server
+def _worker_main(config: ServeConfig, index: int, ready_write: int) -> int:
+    from service import metrics, server
+
+    metrics.use_slot(index)
 
     return server.serve(config, lambda port: os.write(ready_write, b"1"))
 

@@ -18,7 +18,7 @@ from service.errors import InvalidInput
 from service.generated.digits.v1 import digits_pb2 as pb
 from service.generated.digits.v1 import digits_pb2_grpc as pb_grpc
 from service.runtime import INPUT_NAME, PROBABILITIES
-from service.status import MalformedRequest, add_service, deadline_of, observed, status_of
+from service.status import MalformedRequest, add_service, admit, deadline_of, observed, status_of
 from service.validation import pixels_from_bytes, pixels_from_values
 
 API = "digits_v1"
@@ -75,8 +75,9 @@ class DigitsV1Servicer(pb_grpc.DigitClassifierServicer):
 
         async def answer(request: pb.ClassifyRequest) -> None:
             start = time.perf_counter()
-            metrics.INFLIGHT.inc()
+            metrics.request_started()
             try:
+                admit()
                 response = await self._classify(request, deadline)
                 code = "OK"
             except Exception as exc:  # noqa: BLE001 - becomes this message's error, not the stream's
@@ -85,7 +86,7 @@ class DigitsV1Servicer(pb_grpc.DigitClassifierServicer):
                 response = pb.ClassifyResponse(request_id=request.request_id,
                                                error=pb.Error(code=status.value[0], message=message))
             finally:
-                metrics.INFLIGHT.dec()
+                metrics.request_finished()
                 window.release()
             self._stream_observer(code, time.perf_counter() - start)
             answers.put_nowait(response)

@@ -83,7 +83,8 @@ def test_calls_over_the_admission_limit_get_resource_exhausted():
                     outcomes["OK"] += 1
                 except grpc.RpcError as exc:
                     outcomes[exc.code().name] += 1
-                    assert exc.details() == "Concurrent RPC limit exceeded!"
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert "limit of 8 calls (--max-concurrent-rpcs)" in exc.details()
             outcomes["OK"] += sum(len(call.result().predictions) for call in holding)
         assert outcomes == {"OK": 8, "RESOURCE_EXHAUSTED": 4}
     finally:
