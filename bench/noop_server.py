@@ -30,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service.generated.digits.v1 import digits_pb2
 from service.generated.inference import grpc_predict_v2_pb2 as v2
+from service.servicers.kserve_v2 import length_delimited
 
 MODEL_NAME = "mnist_mlp"
 MODEL_VERSION = "1"
@@ -40,17 +41,6 @@ KSERVE_DTYPE_BYTES = {"FP32": 4, "UINT8": 1}
 DIGITS_FORMAT_BYTES = {digits_pb2.PIXEL_FORMAT_UINT8: 1, digits_pb2.PIXEL_FORMAT_FLOAT32: 4}
 COUNTERS = ("kserve_v2.ModelInfer", "digits_v1.Classify", "digits_v1.ClassifyStream")
 _CACHE_LIMIT = 256
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field; appending it to a message's bytes sets that field."""
-    length, varint = len(payload), bytearray()
-    while True:
-        byte = length & 0x7F
-        length >>= 7
-        varint.append(byte | (0x80 if length else 0))
-        if not length:
-            return bytes([(number << 3) | 2]) + bytes(varint) + payload
 
 
 class ReplyCache:
@@ -121,7 +111,7 @@ class NoopServicer:
         if any(name not in OUTPUT_WIDTHS for name in outputs):
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"unknown output in {outputs}")
         reply = self._cache.get(("kserve", batch, outputs), lambda: kserve_reply(batch, outputs))
-        return reply + _field(3, request.id.encode()) if request.id else reply
+        return reply + length_delimited(3, request.id.encode()) if request.id else reply
 
     def _digits_reply(self, request: digits_pb2.ClassifyRequest) -> bytes:
         if request.pixels:
@@ -135,7 +125,7 @@ class NoopServicer:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "pixels must hold N * 784 values")
         activations = request.include_activations
         reply = self._cache.get(("digits", batch, activations), lambda: digits_reply(batch, activations))
-        return reply + _field(1, request.request_id.encode()) if request.request_id else reply
+        return reply + length_delimited(1, request.request_id.encode()) if request.request_id else reply
 
     async def model_infer(self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext) -> bytes:
         self._counts[self._base] += 1

@@ -84,6 +84,9 @@ class ModelRuntime:
             raise ModelLoadError(f"{model.path} is not a loadable ONNX model: {exc}") from exc
         self.description = self._describe(model, data)
         self.output_names = self.description.output_names
+        # The binding's run, without the Python wrapper's per-call input-name validation (our
+        # single input's name was checked above): 2.5 µs of an 11 µs call for one image.
+        self._run = getattr(self._session, "_sess", self._session).run
 
     def _describe(self, model: ModelVersion, data: bytes) -> ModelDescription:
         inputs = self._session.get_inputs()
@@ -120,7 +123,7 @@ class ModelRuntime:
 
     def run(self, pixels: np.ndarray, output_names: tuple[str, ...]) -> list[np.ndarray]:
         """Runs one batch: `pixels` is C-contiguous float32 [N, 784]."""
-        return self._session.run(output_names, {INPUT_NAME: pixels})
+        return self._run(output_names, {INPUT_NAME: pixels}, None)
 
     def warm_up(self, max_batch: int) -> None:
         """Runs every output at a few batch sizes so first requests pay no allocation cost."""

@@ -62,6 +62,16 @@ def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return deserialize
 
 
+def _serializer(response_class: type) -> Callable[[Any], bytes]:
+    """A handler may return its response already serialised (see kserve_v2.encode_response)."""
+    serialize = response_class.SerializeToString
+
+    def to_bytes(response: Any) -> bytes:
+        return response if type(response) is bytes else serialize(response)
+
+    return to_bytes
+
+
 _KINDS = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
           (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
 
@@ -75,7 +85,7 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
         make = _KINDS[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = make(getattr(servicer, method.name),
                                      request_deserializer=_tolerant(request_class.FromString),
-                                     response_serializer=response_class.SerializeToString)
+                                     response_serializer=_serializer(response_class))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
     return service.full_name

@@ -9,6 +9,7 @@ inputs or set the parameter `binary_data_output`, typed `fp32_contents` otherwis
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 
 import grpc
@@ -34,68 +35,105 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     SERVER_VERSION = "0+unknown"
 
 
+WHAT = f"input '{INPUT_NAME}'"
+OTHER_FIELDS = ("fp32_contents", "uint_contents", "int_contents", "int64_contents",
+                "uint64_contents", "fp64_contents", "bool_contents", "bytes_contents")
+
+
 def decode_pixels(request: pb.ModelInferRequest) -> np.ndarray:
-    """The validated [N, 784] pixels of a ModelInferRequest."""
-    if len(request.inputs) != 1:
-        names = [t.name for t in request.inputs]
+    """The validated [N, 784] pixels of a ModelInferRequest.
+
+    Every protobuf attribute access builds a Python object, so each field is read once."""
+    inputs = request.inputs
+    if len(inputs) != 1:
+        names = [t.name for t in inputs]
         raise InvalidInput(f"expected exactly one input '{INPUT_NAME}', got {len(names)}: {names}")
-    tensor = request.inputs[0]
-    if tensor.name != INPUT_NAME:
-        raise InvalidInput(f"unknown input '{tensor.name}'; this model's only input is '{INPUT_NAME}'")
-    if tensor.datatype not in DATATYPES:
-        raise InvalidInput(f"unsupported datatype '{tensor.datatype}' for input '{INPUT_NAME}'; "
+    tensor = inputs[0]
+    name, datatype = tensor.name, tensor.datatype
+    if name != INPUT_NAME:
+        raise InvalidInput(f"unknown input '{name}'; this model's only input is '{INPUT_NAME}'")
+    if datatype not in DATATYPES:
+        raise InvalidInput(f"unsupported datatype '{datatype}' for input '{INPUT_NAME}'; "
                            f"expected one of {', '.join(DATATYPES)}")
-    dtype, field = DATATYPES[tensor.datatype]
+    dtype, field = DATATYPES[datatype]
     shape = list(tensor.shape)
     if not (len(shape) == 2 and shape[1] == FEATURES or len(shape) == 3 and shape[1:] == [28, 28]) \
             or shape[0] < 1:
         raise InvalidInput(f"input '{INPUT_NAME}' has shape {shape}; expected [N, 784] or [N, 28, 28] with N ≥ 1")
-    what = f"input '{INPUT_NAME}'"
-    if request.raw_input_contents:
-        if len(request.raw_input_contents) != 1:
-            raise InvalidInput(f"raw_input_contents has {len(request.raw_input_contents)} entries "
-                               "for 1 input; send exactly one")
+    raw = request.raw_input_contents
+    if raw:
+        if len(raw) != 1:
+            raise InvalidInput(f"raw_input_contents has {len(raw)} entries for 1 input; send exactly one")
         if tensor.HasField("contents"):
-            raise InvalidInput(f"{what} has both typed contents and raw_input_contents; send one")
-        pixels = pixels_from_bytes(request.raw_input_contents[0], dtype, what)
+            raise InvalidInput(f"{WHAT} has both typed contents and raw_input_contents; send one")
+        pixels = pixels_from_bytes(raw[0], dtype, WHAT)
     else:
-        values = getattr(tensor.contents, field)
-        for other in ("fp32_contents", "uint_contents", "int_contents", "int64_contents",
-                      "uint64_contents", "fp64_contents", "bool_contents", "bytes_contents"):
-            if other != field and len(getattr(tensor.contents, other)):
-                raise InvalidInput(f"{what} is {tensor.datatype}, so its data belongs in "
+        contents = tensor.contents
+        for other in OTHER_FIELDS:
+            if other != field and len(getattr(contents, other)):
+                raise InvalidInput(f"{WHAT} is {datatype}, so its data belongs in "
                                    f"contents.{field}, not contents.{other}")
-        array = np.array(values, dtype=np.float32 if dtype == "float32" else np.int64)
+        array = np.array(getattr(contents, field), dtype=np.float32 if dtype == "float32" else np.int64)
         if dtype == "uint8" and array.size and (array.min() < 0 or array.max() > 255):
-            raise InvalidInput(f"{what}: UINT8 values must be within 0..255")
-        pixels = pixels_from_values(array.astype(np.uint8) if dtype == "uint8" else array, f"{what} contents")
+            raise InvalidInput(f"{WHAT}: UINT8 values must be within 0..255")
+        pixels = pixels_from_values(array.astype(np.uint8) if dtype == "uint8" else array, f"{WHAT} contents")
     if len(pixels) != shape[0]:
-        raise InvalidInput(f"{what} declares shape {shape} ({shape[0]} images) but its data holds "
+        raise InvalidInput(f"{WHAT} declares shape {shape} ({shape[0]} images) but its data holds "
                            f"{len(pixels)} images")
     return pixels
 
 
 def requested_outputs(request: pb.ModelInferRequest, model: ModelDescription) -> tuple[str, ...]:
-    if not request.outputs:
+    outputs = request.outputs
+    if not outputs:
         return model.output_names
-    return tuple(o.name for o in request.outputs)
+    return tuple(o.name for o in outputs)
 
 
 def wants_raw_output(request: pb.ModelInferRequest) -> bool:
+    if request.raw_input_contents:
+        return True
     param = request.parameters.get("binary_data_output")
-    return bool(request.raw_input_contents) or (param is not None and param.bool_param)
+    return param is not None and param.bool_param
 
 
-def encode_response(request: pb.ModelInferRequest, result: InferenceResult, raw: bool) -> pb.ModelInferResponse:
+def length_delimited(number: int, payload: bytes) -> bytes:
+    """Protobuf wire bytes of field `number` holding `payload`; appended to a message's bytes they
+    set (or, for a repeated field, append to) that field."""
+    size, varint = len(payload), bytearray()
+    while size > 0x7F:
+        varint.append(size & 0x7F | 0x80)
+        size >>= 7
+    varint.append(size)
+    return bytes(((number << 3) | 2,)) + varint + payload
+
+
+@lru_cache(maxsize=256)
+def _raw_response_head(name: str, version: str, outputs: tuple[tuple[str, int, int], ...]) -> bytes:
+    """Everything of a raw-output response but the request id and the output bytes."""
+    return pb.ModelInferResponse(
+        model_name=name, model_version=version,
+        outputs=[pb.ModelInferResponse.InferOutputTensor(name=n, datatype="FP32", shape=[rows, width])
+                 for n, rows, width in outputs]).SerializeToString()
+
+
+def encode_response(request: pb.ModelInferRequest, result: InferenceResult, raw: bool) -> bytes:
+    """The serialised ModelInferResponse. Raw outputs are a cached head plus one field per output, so
+    the common case builds no message at all."""
+    if raw:
+        arrays = result.outputs
+        head = _raw_response_head(result.model.name, result.model.version,
+                                  tuple((n, *a.shape) for n, a in arrays.items()))
+        request_id = request.id
+        parts = [head, length_delimited(3, request_id.encode())] if request_id else [head]
+        parts += [length_delimited(6, a.tobytes()) for a in arrays.values()]
+        return b"".join(parts)
     response = pb.ModelInferResponse(model_name=result.model.name, model_version=result.model.version,
                                      id=request.id)
     for name, array in result.outputs.items():
         tensor = response.outputs.add(name=name, datatype="FP32", shape=array.shape)
-        if raw:
-            response.raw_output_contents.append(array.tobytes())
-        else:
-            tensor.contents.fp32_contents.extend(array.ravel().tolist())
-    return response
+        tensor.contents.fp32_contents.extend(array.ravel().tolist())
+    return response.SerializeToString()
 
 
 def tensor_metadata(model: ModelDescription) -> pb.ModelMetadataResponse:

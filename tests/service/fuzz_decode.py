@@ -152,8 +152,9 @@ def check_v2(request: vpb.ModelInferRequest) -> str:
     assert all(isinstance(name, str) for name in outputs)
     known = [name for name in dict.fromkeys(outputs) if name in WIDTHS]
     result = InferenceResult(MODEL, {n: np.zeros((len(pixels), WIDTHS[n]), np.float32) for n in known})
-    response = kserve_v2.encode_response(request, result, kserve_v2.wants_raw_output(request))
-    assert [o.name for o in response.outputs] == known
+    response = vpb.ModelInferResponse.FromString(
+        kserve_v2.encode_response(request, result, kserve_v2.wants_raw_output(request)))
+    assert [o.name for o in response.outputs] == known and response.id == request.id
     return "decoded"
 
 

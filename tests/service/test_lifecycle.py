@@ -164,7 +164,7 @@ def test_request_whose_deadline_passes_in_the_queue_is_not_computed():
         with grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.DigitClassifierStub(channel)
             with pytest.raises(grpc.RpcError) as error:
-                stub.Classify(ONE, timeout=0.05)  # waits 0.3 s in the queue: too late
+                stub.Classify(ONE, timeout=0.15)  # waits 0.3 s in the queue: too late
             assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert len(stub.Classify(ONE, timeout=10).predictions) == 1
         text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
