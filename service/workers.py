@@ -4,7 +4,8 @@ Python serves one core per process, so using every core takes processes. The sup
 the workers before any gRPC object exists (gRPC does not survive a fork), and they all bind the
 same port with SO_REUSEPORT, so the kernel spreads connections across them. The supervisor holds
 the port without listening (so port 0 resolves once for everyone), serves the workers' metrics
-summed into one /metrics (their shared-memory rows and Prometheus files), forwards SIGTERM/SIGINT, and replaces a worker that dies unexpectedly.
+summed into one /metrics (their shared-memory rows and Prometheus files), forwards SIGTERM/SIGINT,
+and replaces a worker that dies unexpectedly.
 It stays single-threaded so that forking a replacement later is safe.
 """
 
