@@ -169,7 +169,9 @@ def test_request_whose_deadline_passes_in_the_queue_is_not_computed():
             assert len(stub.Classify(ONE, timeout=10).predictions) == 1
         text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
         assert "digits_batch_size_count 1.0" in text  # only the second request reached the model
-        assert 'code="DEADLINE_EXCEEDED"' in text
+        # the client's timer usually fires first and cancels the call while the server's copy of the
+        # deadline (which started when the call arrived) has a few ms left: then the server sees CANCELLED
+        assert 'code="DEADLINE_EXCEEDED",method="Classify"' in text or 'code="CANCELLED",method="Classify"' in text
     finally:
         assert server.stop() == 0
 
