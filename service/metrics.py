@@ -57,29 +57,39 @@ class _Histogram:
 
     def __init__(self, offset: int, bounds: tuple[float, ...]) -> None:
         self.offset, self.bounds = offset, bounds
-        self.width = len(bounds) + 2
+        self.sum_cell = offset + len(bounds) + 1
+        self.end = self.sum_cell + 1
+        self.edges = [*map(floatToGoString, bounds), "+Inf"]
+
+    def observe(self, value: float) -> None:
+        cells = _cells
+        cells[self.offset + bisect_left(self.bounds, value)] += 1.0
+        cells[self.sum_cell] += value
+
+    def count(self, row) -> float:
+        return sum(row[self.offset:self.sum_cell])
 
     def export(self, row: np.ndarray) -> tuple[list[tuple[str, float]], float, float]:
         """(cumulative buckets, sum, count) from one summed row."""
-        counts = np.cumsum(row[self.offset:self.offset + len(self.bounds) + 1])
-        edges = [*map(floatToGoString, self.bounds), "+Inf"]
-        return list(zip(edges, counts.tolist())), float(row[self.offset + self.width - 1]), float(counts[-1])
+        counts = np.cumsum(row[self.offset:self.sum_cell]).tolist()
+        return list(zip(self.edges, counts)), float(row[self.sum_cell]), counts[-1]
 
 
-def _layout() -> tuple[dict[tuple[str, str, str], _Histogram], _Histogram, _Histogram, _Histogram, int, int]:
-    offset, requests = 0, {}
-    for api, method in OBSERVED_METHODS:
-        for code in CODES:
-            requests[api, method, code] = histogram = _Histogram(offset, LATENCY_BUCKETS)
-            offset += histogram.width
-    queue_wait = _Histogram(offset, LATENCY_BUCKETS)
-    compute = _Histogram(queue_wait.offset + queue_wait.width, LATENCY_BUCKETS)
-    batch = _Histogram(compute.offset + compute.width, BATCH_BUCKETS)
-    inflight = batch.offset + batch.width
-    return requests, queue_wait, compute, batch, inflight, inflight + 1
+def _allocate(bounds: tuple[float, ...]) -> _Histogram:
+    """The next histogram of the row layout, placed after the previous one."""
+    global ROW_CELLS
+    histogram = _Histogram(ROW_CELLS, bounds)
+    ROW_CELLS = histogram.end
+    return histogram
 
 
-_REQUESTS, _QUEUE_WAIT, _COMPUTE, _BATCH, _INFLIGHT, ROW_CELLS = _layout()
+ROW_CELLS = 0
+_REQUESTS = {(api, method, code): _allocate(LATENCY_BUCKETS) for api, method in OBSERVED_METHODS for code in CODES}
+_QUEUE_WAIT = _allocate(LATENCY_BUCKETS)
+_COMPUTE = _allocate(LATENCY_BUCKETS)
+_BATCH = _allocate(BATCH_BUCKETS)
+_INFLIGHT = ROW_CELLS
+ROW_CELLS += 1
 
 
 class _Block:
@@ -129,13 +139,10 @@ class RequestObserver:
     def __init__(self, api: str, method: str) -> None:
         if (api, method) not in OBSERVED_METHODS:
             raise ValueError(f"{api}.{method} is not in metrics.OBSERVED_METHODS")
-        self._offsets = {code: _REQUESTS[api, method, code].offset for code in CODES}
+        self._histograms = {code: _REQUESTS[api, method, code] for code in CODES}
 
     def __call__(self, code: str, seconds: float) -> None:
-        offset = self._offsets[code]
-        cells = _cells
-        cells[offset + bisect_left(LATENCY_BUCKETS, seconds)] += 1.0
-        cells[offset + len(LATENCY_BUCKETS) + 1] += seconds
+        self._histograms[code].observe(seconds)
 
 
 def request_started() -> None:
@@ -151,23 +158,17 @@ def inflight() -> float:
     return _cells[_INFLIGHT]
 
 
-def observe_queue_wait(seconds: float) -> None:
-    cells = _cells
-    cells[_QUEUE_WAIT.offset + bisect_left(LATENCY_BUCKETS, seconds)] += 1.0
-    cells[_QUEUE_WAIT.offset + _QUEUE_WAIT.width - 1] += seconds
+observe_queue_wait = _QUEUE_WAIT.observe
 
 
 def observe_compute(seconds: float, images: int) -> None:
     """One onnxruntime call: its duration and its batch size."""
-    cells = _cells
-    cells[_COMPUTE.offset + bisect_left(LATENCY_BUCKETS, seconds)] += 1.0
-    cells[_COMPUTE.offset + _COMPUTE.width - 1] += seconds
-    cells[_BATCH.offset + bisect_left(BATCH_BUCKETS, images)] += 1.0
-    cells[_BATCH.offset + _BATCH.width - 1] += images
+    _COMPUTE.observe(seconds)
+    _BATCH.observe(images)
 
 
 def _answered(row) -> float:
-    return sum(sum(row[h.offset:h.offset + h.width - 1]) for (_, _, code), h in _REQUESTS.items() if code == "OK")
+    return sum(h.count(row) for (_, _, code), h in _REQUESTS.items() if code == "OK")
 
 
 def answered_calls() -> int:
