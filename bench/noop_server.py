@@ -28,15 +28,18 @@ from contextlib import closing
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from service.contract import DEFAULT_MODEL_NAME as MODEL_NAME
+from service.contract import FEATURES as PIXELS
+from service.contract import INPUT_NAME, LOGITS, NUM_CLASSES, PROBABILITIES, activation_name
 from service.generated.digits.v1 import digits_pb2
 from service.generated.inference import grpc_predict_v2_pb2 as v2
-from service.servicers.kserve_v2 import length_delimited
+from service.wire import length_delimited
 
-MODEL_NAME = "mnist_mlp"
 MODEL_VERSION = "1"
-PIXELS = 784
-OUTPUT_WIDTHS = {"probabilities": 10, "logits": 10, "activation_1": 16, "activation_2": 16}
-ACTIVATION_NAMES = ("activation_1", "activation_2", "logits")
+HIDDEN_UNITS = 16  # the shipped network's hidden layers
+OUTPUT_WIDTHS = {PROBABILITIES: NUM_CLASSES, LOGITS: NUM_CLASSES,
+                 activation_name(1): HIDDEN_UNITS, activation_name(2): HIDDEN_UNITS}
+ACTIVATION_NAMES = (activation_name(1), activation_name(2), LOGITS)
 KSERVE_DTYPE_BYTES = {"FP32": 4, "UINT8": 1}
 DIGITS_FORMAT_BYTES = {digits_pb2.PIXEL_FORMAT_UINT8: 1, digits_pb2.PIXEL_FORMAT_FLOAT32: 4}
 COUNTERS = ("kserve_v2.ModelInfer", "digits_v1.Classify", "digits_v1.ClassifyStream")
@@ -155,7 +158,7 @@ class NoopServicer:
         counts = {name: str(self.total(i)) for i, name in enumerate(COUNTERS)}
         return digits_pb2.ModelInfo(
             name=MODEL_NAME, version=MODEL_VERSION, available_versions=[MODEL_VERSION],
-            layer_sizes=[PIXELS, 16, 16, 10], input_name="pixels", output_names=list(OUTPUT_WIDTHS),
+            layer_sizes=[PIXELS, HIDDEN_UNITS, HIDDEN_UNITS, NUM_CLASSES], input_name=INPUT_NAME, output_names=list(OUTPUT_WIDTHS),
             metadata={"noop": "true", **{f"requests.{name}": value for name, value in counts.items()},
                       **{f"worker.{i}.requests": str(n) for i, n in enumerate(self.per_worker())}})
 

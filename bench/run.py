@@ -31,8 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python bench/run.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from service.loadtest.config import LoadConfig, usable_cpus  # noqa: E402
-from service.mnist_files import load_test_images  # noqa: E402
+from service.cpus import usable_cpus  # noqa: E402
+from service.loadtest.config import LoadConfig  # noqa: E402
+from service.client.mnist_files import load_test_images  # noqa: E402
 from service.loadtest.runner import run_load  # noqa: E402
 
 SERVING = re.compile(r"serving grpc=(\S+) metrics=(\S+) workers=(\d+)")

@@ -13,20 +13,26 @@ import shlex
 import sys
 from pathlib import Path
 
-import onnx
-
-from model_export.evaluate import evaluate_onnx, format_report
 from model_export.mnist import MnistError, load_split
 from model_export.network import ACTIVATIONS, parse_layer_sizes
-from model_export.onnx_export import read_metadata
 from model_export.params import ParamsError
-from model_export.paths import DEFAULT_DATA_DIR
-from model_export.pipeline import ExportMismatchError, export_params_file, train_and_export
+from model_export.paths import MNIST_DIR_ENV, default_data_dir
 from model_export.train import TrainConfig
 
+# The ONNX side (onnx, onnxruntime: modules evaluate, onnx_export, pipeline) is imported by the
+# handlers that use it, not here: `digits` builds every command's parser, and a client-only
+# install (without the `server` extra) must still run `digits classify` and `digits loadtest`.
+
 _DEFAULTS = TrainConfig()
-# Failures a user can fix (bad files, bad values): reported in one line, exit code 1.
-_USER_ERRORS = (MnistError, ParamsError, ExportMismatchError, ValueError, OSError, onnx.checker.ValidationError)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Failures a user can fix (bad files, bad values): reported in one line, exit code 1."""
+    import onnx
+
+    from model_export.pipeline import ExportMismatchError
+
+    return MnistError, ParamsError, ExportMismatchError, ValueError, OSError, onnx.checker.ValidationError
 
 
 def _layer_sizes(text: str) -> tuple[int, ...]:
@@ -52,8 +58,9 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=DEFAULT_DATA_DIR,
-        help="folder with the four MNIST IDX .gz files and SHA256SUMS (data/mnist in the repository)",
+        default=default_data_dir(),
+        help=f"folder with the four MNIST IDX .gz files and SHA256SUMS (env {MNIST_DIR_ENV}; "
+             "default: data/mnist of the source tree or the current folder, here %(default)s)",
     )
 
 
@@ -217,7 +224,7 @@ def reproduce_command(config: TrainConfig, out_dir: Path, data_dir: Path | None 
     ]
     if config.train_limit is not None:
         argv += ["--train-limit", str(config.train_limit)]
-    if data_dir is not None and Path(data_dir).resolve() != DEFAULT_DATA_DIR.resolve():
+    if data_dir is not None and Path(data_dir).resolve() != default_data_dir().resolve():
         argv += ["--data-dir", str(data_dir)]
     argv += ["--out-dir", str(out_dir)]
     return shlex.join(argv)
@@ -225,6 +232,8 @@ def reproduce_command(config: TrainConfig, out_dir: Path, data_dir: Path | None 
 
 def run_train(args: argparse.Namespace) -> int:
     """Handler of `digits train`."""
+    from model_export.pipeline import train_and_export
+
     try:
         config = config_from_args(args)
         log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
@@ -236,7 +245,7 @@ def run_train(args: argparse.Namespace) -> int:
             log,
             args.blas_threads,
         )
-    except _USER_ERRORS as exc:
+    except _user_errors() as exc:
         return _fail("train", exc)
     print(
         f"test accuracy {outcome.evaluation.accuracy:.4f} (onnxruntime, {outcome.evaluation.count} MNIST test images)"
@@ -248,9 +257,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of `digits export`."""
+    from model_export.pipeline import export_params_file
+
     try:
         metadata = export_params_file(args.params, args.out, None if args.no_evaluate else args.data_dir)
-    except _USER_ERRORS as exc:
+    except _user_errors() as exc:
         return _fail("export", exc)
     print(
         f"wrote {args.out} ({metadata['layer_sizes']} {metadata['hidden_activation']}, "
@@ -261,13 +272,16 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Handler of `digits evaluate`."""
+    from model_export.evaluate import evaluate_onnx, format_report
+    from model_export.onnx_export import read_metadata
+
     try:
         if not args.model.is_file():
             raise OSError(f"{args.model}: model file not found")
         metadata = read_metadata(args.model)
         test = load_split("test", args.data_dir)
         evaluation = evaluate_onnx(args.model, test.images, test.labels, args.batch_size, args.threads)
-    except _USER_ERRORS as exc:
+    except _user_errors() as exc:
         return _fail("evaluate", exc)
     if args.json:
         print(json.dumps({"model": str(args.model), "metadata": metadata, **evaluation.as_dict()}, indent=2))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_export.paths import DEFAULT_DATA_DIR
+from model_export.paths import MNIST_DIR_ENV, default_data_dir
 
 IMAGE_MAGIC = 0x00000803  # 2051: unsigned bytes, 3 dimensions (count, rows, cols)
 LABEL_MAGIC = 0x00000801  # 2049: unsigned bytes, 1 dimension (count)
@@ -73,7 +73,7 @@ def sha256_file(path: Path) -> str:
 
 def read_sha256sums(data_dir: Path) -> dict[str, str]:
     """Parse `sha256sum`-style lines ("<hex>  <name>", optional '*' binary marker)."""
-    path = Path(data_dir) / SHA256SUMS
+    path = Path(data_dir or default_data_dir()) / SHA256SUMS
     if not path.is_file():
         raise MnistError(f"{path}: checksum file not found; the MNIST folder must contain {SHA256SUMS}")
     sums: dict[str, str] = {}
@@ -88,13 +88,13 @@ def read_sha256sums(data_dir: Path) -> dict[str, str]:
     return sums
 
 
-def dataset_sha256(data_dir: Path | str = DEFAULT_DATA_DIR) -> str:
+def dataset_sha256(data_dir: Path | str | None = None) -> str:
     """The dataset's fingerprint: SHA-256 of its SHA256SUMS file.
 
     SHA256SUMS pins every IDX file and the loader verifies each file against it, so hashing
     it identifies the exact bytes trained on; anyone can recompute it with `sha256sum`.
     """
-    path = Path(data_dir) / SHA256SUMS
+    path = Path(data_dir or default_data_dir()) / SHA256SUMS
     if not path.is_file():
         raise MnistError(f"{path}: checksum file not found; the MNIST folder must contain {SHA256SUMS}")
     return sha256_file(path)
@@ -166,7 +166,7 @@ def read_idx_file(
     return array
 
 
-def load_split(split: str, data_dir: Path | str = DEFAULT_DATA_DIR, verify: bool = True) -> MnistSplit:
+def load_split(split: str, data_dir: Path | str | None = None, verify: bool = True) -> MnistSplit:
     """Load the "train" or "test" split: images scaled to float32 [0, 1], labels int64.
 
     With `verify` (the default) each file must match its SHA256SUMS entry; turning it off
@@ -174,9 +174,10 @@ def load_split(split: str, data_dir: Path | str = DEFAULT_DATA_DIR, verify: bool
     """
     if split not in FILES:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    data_dir = Path(data_dir)
+    data_dir = Path(data_dir or default_data_dir())
     if not data_dir.is_dir():
-        raise MnistError(f"{data_dir}: MNIST folder not found; pass --data-dir pointing at the folder of IDX files")
+        raise MnistError(f"{data_dir}: MNIST folder not found; pass --data-dir or set {MNIST_DIR_ENV} to the "
+                         "folder of IDX files (data/mnist in the repository)")
     sums = read_sha256sums(data_dir) if verify else {}
     images_name, labels_name = FILES[split]
     arrays = []
@@ -200,7 +201,7 @@ def load_split(split: str, data_dir: Path | str = DEFAULT_DATA_DIR, verify: bool
     return MnistSplit(pixels, labels.astype(np.int64))
 
 
-def load_mnist(data_dir: Path | str = DEFAULT_DATA_DIR, verify: bool = True) -> Mnist:
+def load_mnist(data_dir: Path | str | None = None, verify: bool = True) -> Mnist:
     """Load and verify both splits of MNIST from `data_dir`."""
     return Mnist(
         train=load_split("train", data_dir, verify),

@@ -1,22 +1,21 @@
 """The `digits` command: one entry point whose subcommands live beside the code they drive.
 
-Each module listed in COMMAND_MODULES exposes `add_commands(subparsers)`, registering its
-subcommands with `set_defaults(handler=fn)` where `fn(args) -> int` is the exit code. This is
-the only place where `model_export` and `service` meet; neither package imports the other.
+Each command module exposes `add_commands(subparsers)`, registering its subcommands with
+`set_defaults(handler=fn)` where `fn(args) -> int` is the exit code. This is the only place where
+`model_export`, the server and the client tools meet; none of them imports another.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-COMMAND_MODULES = (
-    "model_export.cli",     # train, export, evaluate
-    "service.serve_cli",    # serve
-    "service.classify_cli", # classify
-    "service.loadtest.cli", # loadtest
-)
+from model_export import cli as model_commands      # train, export, evaluate
+from service.client import cli as classify_command  # classify
+from service.loadtest import cli as loadtest_command  # loadtest
+from service.server import cli as serve_command      # serve
+
+COMMAND_MODULES = (model_commands, serve_command, classify_command, loadtest_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="digits", description="digit-serving: train, export, evaluate, serve, classify with and load-test "
                                    "the MNIST digit network.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_commands(subparsers)
+    for module in COMMAND_MODULES:
+        module.add_commands(subparsers)
     return parser
 
 

@@ -8,8 +8,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from service.loadtest.config import APIS, DEFAULT_MODEL_NAME, DEFAULT_TARGET, DTYPES, MODES, LoadConfig, usable_cpus
-from service.mnist_files import TEST_IMAGES_FILE
+from service.client.mnist_files import TEST_IMAGES_FILE, default_mnist_dir
+from service.contract import DEFAULT_MODEL_NAME, DEFAULT_TARGET
+from service.cpus import usable_cpus
+from service.loadtest.config import APIS, DTYPES, MODES, LoadConfig
 from service.loadtest.plot import plot_latency_vs_load
 from service.loadtest.report import describe, document, table, write_json
 from service.loadtest.runner import LoadTestError, run_load, sweep
@@ -58,8 +60,8 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--max-requests", type=int, default=0,
                         help="stop after this many measured requests (0: run for --duration)")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="kserve_v2 model name")
-    parser.add_argument("--mnist-dir", default="data/mnist",
-                        help="directory with t10k-images-idx3-ubyte.gz (random pixels if absent)")
+    parser.add_argument("--mnist-dir", default=str(default_mnist_dir()),
+                        help="directory with t10k-images-idx3-ubyte.gz (env DIGITS_MNIST_DIR; random pixels if absent)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write latency percentiles vs offered load as a PNG (meant for --rates)")
     parser.set_defaults(handler=run_command)

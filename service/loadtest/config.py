@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from service.config import usable_cpus
+from service.client.mnist_files import default_mnist_dir
+from service.contract import DEFAULT_MODEL_NAME, DEFAULT_TARGET
+from service.cpus import usable_cpus
 
 APIS = ("kserve_v2", "digits_v1")
 MODES = ("closed", "open")
 DTYPES = ("uint8", "float32")
-DEFAULT_TARGET = "127.0.0.1:8001"
-DEFAULT_MODEL_NAME = "mnist_mlp"
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class LoadConfig:
     max_inflight: int = 1000
     max_requests: int = 0
     model_name: str = DEFAULT_MODEL_NAME
-    mnist_dir: str = "data/mnist"
+    mnist_dir: str = field(default_factory=lambda: str(default_mnist_dir()))
 
     def validate(self) -> None:
         """Rejects configurations that cannot run, before any process is started."""

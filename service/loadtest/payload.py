@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from service.contract import FEATURES, INPUT_NAME, LOGITS, PROBABILITIES, activation_name
 from service.generated.digits.v1 import digits_pb2
 from service.generated.inference import grpc_predict_v2_pb2 as v2
 
-PIXELS_PER_IMAGE = 784
-KSERVE_OUTPUTS = ("probabilities",)
-KSERVE_ACTIVATION_OUTPUTS = ("activation_1", "activation_2", "logits")
+KSERVE_OUTPUTS = (PROBABILITIES,)
+KSERVE_ACTIVATION_OUTPUTS = (activation_name(1), activation_name(2), LOGITS)  # the shipped network's layers
 
 
 def synthetic_images(count: int = 1000, seed: int = 0) -> np.ndarray:
     """Stand-in uint8 images (same size as MNIST) for when no MNIST copy is at hand."""
-    return np.random.default_rng(seed).integers(0, 256, size=(count, PIXELS_PER_IMAGE), dtype=np.uint8)
+    return np.random.default_rng(seed).integers(0, 256, size=(count, FEATURES), dtype=np.uint8)
 
 
 def batch_pixels(images: np.ndarray, batch_size: int, offset: int, dtype: str) -> bytes:
@@ -37,8 +37,8 @@ def kserve_request(pixels: bytes, batch_size: int, dtype: str, activations: bool
         model_name=model_name,
         id=request_id,
         inputs=[v2.ModelInferRequest.InferInputTensor(
-            name="pixels", datatype="UINT8" if dtype == "uint8" else "FP32",
-            shape=[batch_size, PIXELS_PER_IMAGE])],
+            name=INPUT_NAME, datatype="UINT8" if dtype == "uint8" else "FP32",
+            shape=[batch_size, FEATURES])],
         outputs=[v2.ModelInferRequest.InferRequestedOutputTensor(name=name) for name in outputs],
         raw_input_contents=[pixels],
     )

@@ -6,7 +6,8 @@ import json
 import platform
 from pathlib import Path
 
-from service.loadtest.config import LoadConfig, usable_cpus
+from service.cpus import usable_cpus
+from service.loadtest.config import LoadConfig
 
 _COLUMNS = (
     ("offered", 9), ("conc", 5), ("requests", 9), ("ok", 9), ("req/s", 10), ("images/s", 11),

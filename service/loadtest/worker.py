@@ -21,11 +21,12 @@ from typing import BinaryIO, Callable
 
 import grpc
 
+from service.contract import FEATURES
 from service.generated.digits.v1 import digits_pb2_grpc
 from service.generated.inference import grpc_predict_v2_pb2_grpc
 from service.loadtest.config import LoadConfig
 from service.loadtest.ipc import read_frame, write_frame
-from service.mnist_files import load_test_images
+from service.client.mnist_files import load_test_images
 from service.loadtest.payload import build_requests, synthetic_images
 from service.loadtest.stream import StreamSession
 from service.loadtest.tally import Tally, clock
@@ -70,7 +71,7 @@ class ProcessRun:
         images = load_test_images(Path(config.mnist_dir))
         if images is None:
             images = synthetic_images()
-        per_request = config.batch_size * 784 * (1 if config.dtype == "uint8" else 4)
+        per_request = config.batch_size * FEATURES * (1 if config.dtype == "uint8" else 4)
         wanted = self.plan.concurrency if config.mode == "closed" and not config.stream else 16
         count = max(1, min(wanted, _RING_BYTES // per_request))
         return build_requests(images, count, self.plan.image_offset, api=config.api,

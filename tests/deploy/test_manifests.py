@@ -11,10 +11,10 @@ import argparse
 import re
 from typing import Any
 
-from service import config as serve_config
+from service.server import config as serve_config
 from tests.deploy.conftest import DEPLOY, REPO, one
 
-SUPERVISOR_MARGIN_S = 5  # service.workers waits grace_period + 5 s for its workers
+SUPERVISOR_MARGIN_S = 5  # service.server.workers waits grace_period + 5 s for its workers
 
 
 def pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:

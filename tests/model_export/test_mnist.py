@@ -21,7 +21,9 @@ from model_export.mnist import (
     load_split,
     parse_idx,
 )
-from model_export.paths import DEFAULT_DATA_DIR
+from model_export.paths import REPO_ROOT
+
+MNIST_DIR = REPO_ROOT / "data" / "mnist"
 
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # from data/mnist/README.md
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -43,7 +45,7 @@ def test_real_train_split(mnist_train) -> None:
 
 
 def test_dataset_fingerprint_is_the_sha256_of_sha256sums() -> None:
-    expected = hashlib.sha256((DEFAULT_DATA_DIR / SHA256SUMS).read_bytes()).hexdigest()
+    expected = hashlib.sha256((MNIST_DIR / SHA256SUMS).read_bytes()).hexdigest()
     assert dataset_sha256() == expected
 
 
@@ -199,7 +201,7 @@ def test_verification_can_be_turned_off_for_modified_copies(mini: Path) -> None:
 
 def test_real_files_detect_a_single_flipped_byte(tmp_path: Path) -> None:
     folder = tmp_path / "mnist"
-    shutil.copytree(DEFAULT_DATA_DIR, folder, ignore=shutil.ignore_patterns("train-*"))
+    shutil.copytree(MNIST_DIR, folder, ignore=shutil.ignore_patterns("train-*"))
     name = FILES["test"][1]
     raw = bytearray(gzip.decompress((folder / name).read_bytes()))
     raw[100] = (raw[100] + 1) % 10  # still a valid label file, just one wrong label

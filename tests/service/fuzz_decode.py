@@ -42,13 +42,13 @@ from google.protobuf.message import DecodeError
 from service.generated.digits.v1 import digits_pb2 as dpb  # noqa: E402
 from service.generated.inference import grpc_predict_v2_pb2 as vpb  # noqa: E402
 
-with atheris.instrument_imports(include=["service.validation", "service.servicers", "service.errors"]):
-    from service.errors import InferenceError
-    from service.servicers import digits_v1, kserve_v2
-    from service.validation import check_batch_size
+with atheris.instrument_imports(include=["service.server.validation", "service.server.grpc_api", "service.server.errors"]):
+    from service.server.errors import InferenceError
+    from service.server.grpc_api import digits_v1, kserve_v2
+    from service.server.validation import check_batch_size
 
-from service.core import InferenceResult  # noqa: E402
-from service.runtime import ModelDescription  # noqa: E402
+from service.server.core import InferenceResult  # noqa: E402
+from service.server.runtime import ModelDescription  # noqa: E402
 
 FEATURES = 784
 WIDTHS = {"probabilities": 10, "logits": 10, "activation_1": 16, "activation_2": 16}

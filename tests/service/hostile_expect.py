@@ -3,7 +3,7 @@
 The expected status is computed in-process, in the order the servicers check things (model, then
 the request's pixels, then outputs and batch size), so the over-the-wire tests prove that every
 case gets the *precise* status the in-process decoders predict, not merely "some error". The pixels
-an OK answer must have been computed on are re-derived here independently of `service.validation`,
+an OK answer must have been computed on are re-derived here independently of `service.server.validation`,
 so an OK answer on the wrong data cannot pass.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from service.errors import InvalidInput
+from service.server.errors import InvalidInput
 from service.generated.digits.v1 import digits_pb2 as dpb
 from service.generated.inference import grpc_predict_v2_pb2 as vpb
-from service.servicers import digits_v1, kserve_v2
+from service.server.grpc_api import digits_v1, kserve_v2
 from tests.service.hostile_requests import FEATURES, MAX_BATCH, MODEL, NUMPY_OF
 
 OK, INVALID, NOT_FOUND = grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from service.mnist_files import load_test_set
+from service.client.mnist_files import load_test_set
 
-MNIST = Path(__file__).resolve().parents[2] / "data" / "mnist"
+MNIST_DIR = Path(__file__).resolve().parents[2] / "data" / "mnist"
 
 
 @cache
 def _test_set() -> tuple[np.ndarray, np.ndarray]:
-    return load_test_set(MNIST)
+    return load_test_set(MNIST_DIR)
 
 
 def mnist_test_images() -> np.ndarray:

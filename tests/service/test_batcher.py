@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from service.batcher import Batcher
-from service.errors import DeadlineExpired, InferenceError, Overloaded
-from service.repository import ModelRepository
-from service.runtime import ModelRuntime
+from service.server.batcher import Batcher
+from service.server.errors import DeadlineExpired, InferenceError, Overloaded
+from service.server.repository import ModelRepository
+from service.server.runtime import ModelRuntime
 from tests.service.mnist_images import mnist_test_images
 
 

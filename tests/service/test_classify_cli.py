@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.classify_cli import MNIST_DIR
-from service.mnist_files import load_test_set
+from tests.service.mnist_images import MNIST_DIR
+from service.client.mnist_files import load_test_set
 from service.cli import main
-from service.client import DigitClient
+from service.client.digit_client import DigitClient
 from tests.service.test_preprocess import disguise
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""service.client against the real server (`server` fixture: `digits serve` on an ephemeral port).
+"""service.client.digit_client against the real server (`server` fixture: `digits serve` on an ephemeral port).
 
 Packing is checked offline; everything else goes over a real channel to the real model, on
 real MNIST test images.
@@ -15,9 +15,9 @@ import grpc
 import numpy as np
 import pytest
 
-from service.classify_cli import MNIST_DIR
-from service.mnist_files import load_test_set
-from service.client import DigitClient, build_request, encode_images
+from tests.service.mnist_images import MNIST_DIR
+from service.client.mnist_files import load_test_set
+from service.client.digit_client import DigitClient, build_request, encode_images
 from service.generated.digits.v1 import digits_pb2
 
 REPO = Path(__file__).resolve().parents[2]

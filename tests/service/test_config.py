@@ -9,7 +9,7 @@ from dataclasses import fields
 
 import pytest
 
-from service import config
+from service.server import config
 
 
 def parse(argv, environ):

@@ -28,12 +28,12 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.errors import InvalidInput
+from service.server.errors import InvalidInput
 from service.generated.digits.v1 import digits_pb2 as dpb
 from service.generated.digits.v1 import digits_pb2_grpc as dgrpc
 from service.generated.inference import grpc_predict_v2_pb2 as vpb
 from service.generated.inference import grpc_predict_v2_pb2_grpc as vgrpc
-from service.servicers import digits_v1, kserve_v2
+from service.server.grpc_api import digits_v1, kserve_v2
 from tests.service.hostile_expect import (ALL_OUTPUTS, ALLOWED, EXHAUSTED, INVALID, MESSAGE_LIMIT, OK,
                                           StatusTally, expected_digits, expected_v2, sent_pixels_digits,
                                           sent_pixels_v2, v2_output_arrays)

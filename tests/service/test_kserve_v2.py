@@ -98,7 +98,7 @@ def test_binary_data_output_parameter_gives_raw_outputs_for_typed_input(stub):
 
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 16_383, 16_384, 2_097_152])
 def test_hand_encoded_output_field_is_what_protobuf_writes(size):
-    from service.servicers.kserve_v2 import length_delimited
+    from service.server.grpc_api.kserve_v2 import length_delimited
 
     payload = (bytes(range(256)) * (size // 256 + 1))[:size]
     assert length_delimited(6, payload) == pb.ModelInferResponse(raw_output_contents=[payload]).SerializeToString()

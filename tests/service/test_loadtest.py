@@ -23,7 +23,7 @@ from service.cli import main as digits_main
 from service.generated.digits.v1 import digits_pb2, digits_pb2_grpc
 from service.loadtest.config import LoadConfig
 from service.loadtest.histogram import LatencyHistogram
-from service.mnist_files import read_idx
+from service.client.mnist_files import read_idx
 from service.loadtest.runner import split_plans
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.classify_cli import MNIST_DIR
-from service.mnist_files import load_test_images
-from service.preprocess import (BlankImageError, PreprocessError, centre_of_mass, load_grayscale,
+from tests.service.mnist_images import MNIST_DIR
+from service.client.mnist_files import load_test_images
+from service.client.preprocess import (BlankImageError, PreprocessError, centre_of_mass, load_grayscale,
                                 preprocess, preprocess_float32, to_float32)
 
 INDICES = range(20)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.errors import InvalidInput
-from service.validation import check_unit_range
+from service.server.errors import InvalidInput
+from service.server.validation import check_unit_range
 
 
 @pytest.mark.parametrize("value", [0.0, -0.0, 1.0, 0.5, np.float32(1e-45)])

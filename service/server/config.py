@@ -8,35 +8,20 @@ environment, which beats the default.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from dataclasses import dataclass, fields
-from pathlib import Path
 
-
-def usable_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container's
-    CPU limit), so `--workers` defaults to what the pod may use rather than the node's cores."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    try:
-        quota, period = cgroup_cpu_max.read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return cpus
+from service.contract import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_METRICS_PORT, DEFAULT_MODEL_NAME
+from service.cpus import usable_cpus
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 8001
-    metrics_port: int = 8002
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_GRPC_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
     model_repository: str = "models"
-    model_name: str = "mnist_mlp"
+    model_name: str = DEFAULT_MODEL_NAME
     model_version: str = ""
     workers: int = 0                       # 0: one per usable CPU
     intra_op_threads: int = 1

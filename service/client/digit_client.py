@@ -23,11 +23,8 @@ from typing import Any
 import grpc
 import numpy as np
 
+from service.contract import DEFAULT_TARGET, FEATURES, IMAGE_SHAPE
 from service.generated.digits.v1 import digits_pb2, digits_pb2_grpc
-
-PIXELS_PER_IMAGE = 784
-IMAGE_SHAPE = (28, 28)
-DEFAULT_TARGET = "127.0.0.1:8001"
 
 
 @dataclass(frozen=True)
@@ -82,8 +79,8 @@ def encode_images(images: np.ndarray) -> tuple[digits_pb2.PixelFormat, bytes]:
     anything else so a shape mistake is caught before it costs a round trip."""
     array = np.asarray(images)
     if array.ndim == 3 and array.shape[1:] == IMAGE_SHAPE:
-        array = array.reshape(array.shape[0], PIXELS_PER_IMAGE)
-    elif not (array.ndim == 2 and array.shape[1] == PIXELS_PER_IMAGE):
+        array = array.reshape(array.shape[0], FEATURES)
+    elif not (array.ndim == 2 and array.shape[1] == FEATURES):
         raise ValueError(f"images must have shape [N, 784] or [N, 28, 28], got {list(array.shape)}"
                          " (for a single image use images[None])")
     if array.dtype == np.uint8:

@@ -1,7 +1,7 @@
 """The inference core's error family.
 
 The core speaks NumPy and plain Python; it never knows about gRPC. Each error class names the
-gRPC status it becomes, and `service.status` is the one place that turns them into statuses, so
+gRPC status it becomes, and `service.server.grpc_api.status` is the one place that turns them into statuses, so
 both APIs report every failure identically by construction.
 """
 

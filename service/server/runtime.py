@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 import onnxruntime as ort
 
-from service.repository import ModelVersion
-
-INPUT_NAME = "pixels"
-FEATURES = 784
-PROBABILITIES = "probabilities"
-LOGITS = "logits"
-_ACTIVATION = re.compile(r"activation_(\d+)$")
-ort.disable_telemetry_events()  # nothing to report to, and it writes files a read-only container lacks
+from service.contract import ACTIVATION_PATTERN, FEATURES, INPUT_NAME, LOGITS, PROBABILITIES
+from service.server.core_types import ModelDescription
+from service.server.repository import ModelVersion
 
 GRAPH_OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -35,34 +28,17 @@ class ModelLoadError(RuntimeError):
     """The model file is missing, unreadable, or not the network this service serves."""
 
 
-@dataclass(frozen=True)
-class ModelDescription:
-    """What the servicers tell clients about a loaded model; read once from the file."""
-
-    name: str
-    version: str
-    sha256: str
-    output_names: tuple[str, ...]          # probabilities, logits, activation_1..
-    output_widths: dict[str, int]
-    layer_sizes: tuple[int, ...]
-    hidden_activation: str
-    parameter_count: int
-    test_accuracy: float
-    metadata: dict[str, str] = field(default_factory=dict)
-
-    @cached_property
-    def with_activations(self) -> tuple[str, ...]:
-        """probabilities, then every layer's activations in network order (hidden layers, logits);
-        computed once per model, not per request."""
-        hidden = tuple(n for n in self.output_names if _ACTIVATION.match(n))
-        return (PROBABILITIES, *hidden, *(n for n in (LOGITS,) if n in self.output_names))
-
-
 def _ordered_outputs(names: list[str]) -> tuple[str, ...]:
     """probabilities, logits, then hidden activations in layer order: the order clients expect."""
-    hidden = sorted((n for n in names if _ACTIVATION.match(n)), key=lambda n: int(_ACTIVATION.match(n).group(1)))
+    hidden = sorted((n for n in names if ACTIVATION_PATTERN.match(n)), key=lambda n: int(ACTIVATION_PATTERN.match(n).group(1)))
     rest = [n for n in (PROBABILITIES, LOGITS) if n in names]
     return tuple(rest + hidden)
+
+
+def disable_telemetry() -> None:
+    """onnxruntime's telemetry has nothing to report to, and writes files a read-only container
+    lacks; the lifecycle code turns it off once per process."""
+    ort.disable_telemetry_events()
 
 
 class ModelRuntime:
@@ -122,7 +98,7 @@ class ModelRuntime:
         )
 
     def run(self, pixels: np.ndarray, output_names: tuple[str, ...]) -> list[np.ndarray]:
-        """Runs one batch: `pixels` is C-contiguous float32 [N, 784]."""
+        """Runs one batch: `pixels` is C-contiguous float32 [N, FEATURES]."""
         return self._run(output_names, {INPUT_NAME: pixels}, None)
 
     def warm_up(self, max_batch: int) -> None:

@@ -8,13 +8,25 @@ its own instead of reusing the training code's.
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
 
+MNIST_DIR_ENV = "DIGITS_MNIST_DIR"
+_SOURCE_TREE_MNIST = Path(__file__).resolve().parents[2] / "data" / "mnist"
 TEST_IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
 TEST_LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
 _UNSIGNED_BYTE = 0x08
+
+
+def default_mnist_dir() -> Path:
+    """$DIGITS_MNIST_DIR, else data/mnist of the source tree this package runs from (a clone or an
+    editable install), else data/mnist under the current folder: an installed package has no
+    source tree, and the tools then say where they looked."""
+    if os.environ.get(MNIST_DIR_ENV):
+        return Path(os.environ[MNIST_DIR_ENV])
+    return _SOURCE_TREE_MNIST if _SOURCE_TREE_MNIST.is_dir() else Path("data") / "mnist"
 
 
 def read_idx(path: Path, ndim: int | None = None) -> np.ndarray:

@@ -1,6 +1,7 @@
-"""Turns the raw pixels of a request into a validated [N, 784] array, or says exactly what is wrong.
+"""Turns the pixels of a request into a validated [N, 784] array, or says exactly what is wrong.
 
-Shared by both APIs so they accept and reject the same things. Decoding is one np.frombuffer (a
+Shared by every API so they accept and reject the same things: packed bytes, typed values and
+declared tensor shapes are all checked here, and adapters only pick the fields to hand over. Decoding is one np.frombuffer (a
 view on the protobuf's bytes, no copy); the float check is two reductions, so valid input costs
 almost nothing and the slower search for the first offending value runs only on failure.
 """
@@ -9,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.errors import InvalidInput
+from service.contract import FEATURES, IMAGE_SIDE
+from service.server.errors import InvalidInput
 
-FEATURES = 784
 DTYPES = {"uint8": np.dtype(np.uint8), "float32": np.dtype("<f4")}
 ONE_AS_UINT32 = int(np.float32(1.0).view(np.uint32))
 
@@ -21,22 +22,42 @@ def pixels_from_bytes(data: bytes, dtype: str, what: str) -> np.ndarray:
     item = DTYPES[dtype]
     image_bytes = FEATURES * item.itemsize
     if not data:
-        raise InvalidInput(f"{what} is empty: expected N × {image_bytes} bytes (784 {dtype} pixels an image)")
+        raise InvalidInput(f"{what} is empty: expected N × {image_bytes} bytes ({FEATURES} {dtype} pixels an image)")
     if len(data) % image_bytes:
         raise InvalidInput(f"{what} has {len(data)} bytes, which is not a multiple of {image_bytes} "
-                           f"(784 {dtype} pixels an image)")
+                           f"({FEATURES} {dtype} pixels an image)")
     pixels = np.frombuffer(data, dtype=item).reshape(-1, FEATURES)
     if item.kind == "f":
         check_unit_range(pixels, what)
     return pixels
 
 
+def check_tensor_shape(shape: list[int], what: str) -> int:
+    """A declared tensor shape must be [N, 784] or [N, 28, 28] with N ≥ 1; returns N."""
+    side = IMAGE_SIDE
+    if not (len(shape) == 2 and shape[1] == FEATURES or len(shape) == 3 and shape[1:] == [side, side]) \
+            or shape[0] < 1:
+        raise InvalidInput(f"{what} has shape {shape}; expected [N, {FEATURES}] or [N, {side}, {side}] with N ≥ 1")
+    return shape[0]
+
+
+def pixels_from_typed(values, dtype: str, what: str) -> np.ndarray:
+    """Typed values (a repeated protobuf field or a list): float32 pixels in [0, 1], or uint8
+    pixels given as integers that must lie within 0..255."""
+    if dtype == "uint8":
+        array = np.array(values, dtype=np.int64)
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise InvalidInput(f"{what}: UINT8 values must be within 0..255")
+        return pixels_from_values(array.astype(np.uint8), what)
+    return pixels_from_values(np.array(values, dtype=np.float32), what)
+
+
 def pixels_from_values(values: np.ndarray, what: str) -> np.ndarray:
-    """A flat sequence of float pixels in [0, 1] (the typed / convenience forms)."""
+    """A flat array of pixels: float in [0, 1], or uint8 (the typed / convenience forms)."""
     if values.size == 0:
-        raise InvalidInput(f"{what} is empty: expected N × 784 values")
+        raise InvalidInput(f"{what} is empty: expected N × {FEATURES} values")
     if values.size % FEATURES:
-        raise InvalidInput(f"{what} has {values.size} values, which is not a multiple of 784 (28 × 28 an image)")
+        raise InvalidInput(f"{what} has {values.size} values, which is not a multiple of {FEATURES} ({IMAGE_SIDE} × {IMAGE_SIDE} an image)")
     pixels = values.reshape(-1, FEATURES)
     if pixels.dtype.kind == "f":
         check_unit_range(pixels, what)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service import metrics
-from service.errors import DeadlineExpired, InferenceError, Overloaded
+from service.server import metrics
+from service.server.errors import DeadlineExpired, InferenceError, Overloaded
 
 RunFn = Callable[[np.ndarray, tuple[str, ...]], list[np.ndarray]]
 

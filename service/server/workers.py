@@ -3,9 +3,9 @@
 Python serves one core per process, so using every core takes processes. The supervisor forks
 the workers before any gRPC object exists (gRPC does not survive a fork), and they all bind the
 same port with SO_REUSEPORT, so the kernel spreads connections across them. The supervisor holds
-the port without listening (so port 0 resolves once for everyone), serves the workers' metrics
-summed into one /metrics (their shared-memory rows and Prometheus files), forwards SIGTERM/SIGINT,
-and replaces a worker that dies unexpectedly.
+the port without listening (so port 0 resolves once for everyone), maps the metrics' shared rows
+before forking and serves them summed into one /metrics, forwards SIGTERM/SIGINT, and replaces a
+worker that dies unexpectedly.
 It stays single-threaded so that forking a replacement later is safe.
 """
 
@@ -14,18 +14,18 @@ from __future__ import annotations
 import logging
 import os
 import select
-import shutil
 import signal
 import socket
-import sys
-import tempfile
 import time
 from dataclasses import replace
 from http.server import HTTPServer
 
-from service.config import ServeConfig
+from prometheus_client import CollectorRegistry, MetricsHandler
 
-log = logging.getLogger("service.workers")
+from service.server import lifecycle, metrics
+from service.server.config import ServeConfig
+
+log = logging.getLogger("service.server.workers")
 READY_TIMEOUT = 60.0
 
 
@@ -45,22 +45,6 @@ class Supervisor:
         self._stopping = False
 
     def run(self) -> int:
-        if "service.metrics" in sys.modules:
-            raise RuntimeError("service.metrics was imported before the multiprocess directory was set")
-        own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-        metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="digits-metrics-"))
-        for stale in os.listdir(metrics_dir):
-            if stale.endswith(".db"):
-                os.unlink(os.path.join(metrics_dir, stale))
-        try:
-            return self._run()
-        finally:
-            if own_dir:
-                shutil.rmtree(metrics_dir, ignore_errors=True)
-
-    def _run(self) -> int:
-        from service.serve_cli import announce
-
         try:
             holder = _reserve_port(self.config.host, self.config.port)
         except OSError as exc:
@@ -68,9 +52,7 @@ class Supervisor:
             return 2
         self.config = replace(self.config, port=holder.getsockname()[1])
         ready_read, self._ready_write = os.pipe()
-        from service import metrics
-
-        metrics.share_between_workers(self.config.workers)
+        metrics.map_shared(self.config.workers)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         for index in range(self.config.workers):
@@ -79,7 +61,7 @@ class Supervisor:
             self._stop_children(grace=5.0)
             return 2
         httpd = self._metrics_server()
-        announce(self.config, self.config.port, httpd.server_port)
+        lifecycle.announce(self.config, self.config.port, httpd.server_port)
         while not self._stopping:
             httpd.handle_request()  # returns after httpd.timeout at the latest
             self._reap(replace_dead=True)
@@ -123,17 +105,12 @@ class Supervisor:
 
     def _reap(self, replace_dead: bool) -> bool:
         """Collects exited workers; returns True if any died. Replaces them when asked."""
-        from prometheus_client import multiprocess
-
-        from service import metrics
-
         died = False
         while self._children:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 break
             index = self._children.pop(pid)
-            multiprocess.mark_process_dead(pid)
             metrics.worker_exited(index)
             died = True
             if replace_dead and not self._stopping:
@@ -143,12 +120,7 @@ class Supervisor:
         return died
 
     def _metrics_server(self) -> HTTPServer:
-        from prometheus_client import CollectorRegistry, MetricsHandler, multiprocess
-
-        from service import metrics
-
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
         metrics.register(registry)
         httpd = HTTPServer((self.config.host.strip("[]"), self.config.metrics_port),
                            MetricsHandler.factory(registry))
@@ -177,11 +149,8 @@ class Supervisor:
 
 
 def _worker_main(config: ServeConfig, index: int, ready_write: int) -> int:
-    from service import metrics, server
-
     metrics.use_slot(index)
-
-    return server.serve(config, lambda port: os.write(ready_write, b"1"))
+    return lifecycle.serve(config, lambda port: os.write(ready_write, b"1"))
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

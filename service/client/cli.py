@@ -1,6 +1,6 @@
 """`digits classify`: ask a running server what digits some pictures show.
 
-Inputs are PNG/JPEG files, which get MNIST-style preprocessing (service.preprocess) because
+Inputs are PNG/JPEG files, which get MNIST-style preprocessing (service.client.preprocess) because
 the network only reads centred, 20x20-scaled light-on-dark digits, and/or MNIST test images by
 index (`--mnist-index`), which are already in that form and are sent untouched — handy to check
 a deployment against known answers. All images go in one Classify call per `--batch-size`.
@@ -22,11 +22,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.client import DEFAULT_TARGET, DigitClient, Prediction
-from service.mnist_files import load_test_set
-from service.preprocess import PreprocessError, load_grayscale, preprocess
+from service.client.digit_client import DigitClient, Prediction
+from service.contract import DEFAULT_TARGET
+from service.client.mnist_files import default_mnist_dir, load_test_set
+from service.client.preprocess import PreprocessError, load_grayscale, preprocess
 
-MNIST_DIR = Path(__file__).resolve().parent.parent / "data" / "mnist"
 EXIT_RPC_ERROR = 1
 EXIT_BAD_INPUT = 2
 
@@ -87,7 +87,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.add_argument("--mnist-index", type=int, action="append", default=[], metavar="N",
                         help="also classify MNIST test image N (repeatable)")
     parser.add_argument("--mnist-dir", type=Path,
-                        default=Path(os.environ.get("DIGITS_MNIST_DIR", MNIST_DIR)),
+                        default=default_mnist_dir(),
                         help="folder with the MNIST test IDX files "
                              "(env DIGITS_MNIST_DIR; default: %(default)s)")
     parser.add_argument("--target", default=os.environ.get("DIGITS_TARGET", DEFAULT_TARGET),

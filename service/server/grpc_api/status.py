@@ -23,8 +23,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
-from service import metrics
-from service.errors import InferenceError, InvalidInput, Overloaded
+from service.server import metrics
+from service.server.errors import InferenceError, InvalidInput, Overloaded
 
 log = logging.getLogger(__name__)
 

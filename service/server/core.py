@@ -1,49 +1,26 @@
 """The inference core: one model, validated requests in, NumPy results out.
 
 Both gRPC APIs are thin adapters over this class, so they behave identically by construction. It
-knows nothing of protobuf or gRPC: requests and results are plain dataclasses of NumPy arrays, and
-failures are the exceptions of `service.errors`.
+knows nothing of protobuf or gRPC: requests and results are the plain dataclasses of
+`core_types`, and failures are the exceptions of `errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
-import numpy as np
-
-from service import metrics
-from service.batcher import Batcher
-from service.errors import InvalidInput, ModelNotFound, NotReady
-from service.repository import ModelRepository, ModelVersion
-from service.runtime import ModelDescription, ModelLoadError, ModelRuntime
-from service.validation import check_batch_size
+from service.server import metrics
+from service.server.batcher import Batcher
+from service.server.core_types import CoreSettings, InferenceRequest, InferenceResult, ModelDescription
+from service.server.errors import InvalidInput, ModelNotFound, NotReady
+from service.server.repository import ModelRepository, ModelVersion
+from service.server.runtime import ModelLoadError, ModelRuntime
+from service.server.validation import check_batch_size
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class InferenceRequest:
-    pixels: np.ndarray              # [N, 784], uint8 (0-255) or float32 (0-1), already validated
-    outputs: tuple[str, ...]        # output names wanted, each once
-    deadline: float | None = None   # time.monotonic() after which the result is useless
-
-
-@dataclass(frozen=True, slots=True)
-class InferenceResult:
-    model: ModelDescription
-    outputs: dict[str, np.ndarray]  # name -> [N, width] float32
-
-
-@dataclass(frozen=True)
-class CoreSettings:
-    max_batch_size: int = 1024       # images per request and per onnxruntime call
-    max_queue_size: int = 8192       # images waiting; beyond this RESOURCE_EXHAUSTED
-    max_queue_delay: float = 0.0     # seconds to wait for more requests before computing
-    intra_op_threads: int = 1
-    graph_optimization: str = "all"
 
 
 @dataclass(frozen=True)
@@ -53,7 +30,7 @@ class _Served:
     model: ModelDescription
     batcher: Batcher
     file_key: tuple[int, int]  # (mtime_ns, size) of model.onnx when it was loaded
-    images: Any                # the images-classified counter of this version
+    count_images: Callable[[int], None] = lambda images: None  # set when installed
 
 
 class InferenceCore:
@@ -62,6 +39,7 @@ class InferenceCore:
         self.settings = settings
         self._pinned_version = version
         self._served: _Served | None = None
+        self._versions: tuple[str, ...] = ()
         self._rejected: set[tuple[str, tuple[int, int]]] = set()
 
     def _load(self, version: ModelVersion) -> _Served:
@@ -73,20 +51,24 @@ class InferenceCore:
         batcher = Batcher(runtime.run, runtime.output_names, max_batch_size=self.settings.max_batch_size,
                           max_queue_size=self.settings.max_queue_size,
                           max_queue_delay=self.settings.max_queue_delay)
-        model = runtime.description
-        return _Served(model, batcher, file_key, metrics.IMAGES.labels(model.version))
+        return _Served(runtime.description, batcher, file_key)
 
     def _install(self, served: _Served) -> None:
-        previous, self._served = self._served, served  # one assignment: atomic on the event loop
-        if previous is not None:
-            metrics.MODEL_INFO.labels(previous.model.name, previous.model.version, previous.model.sha256).set(0)
         model = served.model
-        metrics.MODEL_INFO.labels(model.name, model.version, model.sha256).set(1)
+        served = replace(served, count_images=metrics.model_installed(model.name, model.version, model.sha256))
+        self._served = served  # one assignment: a request sees the old version or the new, never a mix
 
     def load(self) -> ModelDescription:
         """Loads the pinned or newest version at start-up; raises ModelLoadError or ModelNotFound."""
         self._install(self._load(self.repository.resolve(self._pinned_version)))
+        self._versions = tuple(self.repository.versions())
         return self.model
+
+    @property
+    def available_versions(self) -> tuple[str, ...]:
+        """The repository's versions as of the last look (start-up or the last poll), oldest first;
+        kept here so that answering a client never scans the disk."""
+        return self._versions
 
     async def reload_if_changed(self) -> bool:
         """Swaps in the repository's newest version if it differs from the served one.
@@ -95,6 +77,11 @@ class InferenceCore:
         finish on the old version. A version that fails to load is logged, remembered (until its
         file changes) and not tried again, and the served version keeps serving.
         """
+        try:
+            self._versions = tuple(self.repository.versions())
+        except OSError as exc:
+            log.warning("model repository check failed: %s", exc)
+            return False
         if self._pinned_version:
             return False
         try:
@@ -156,7 +143,7 @@ class InferenceCore:
         check_batch_size(len(request.pixels), self.settings.max_batch_size)
         self._check_outputs(served.model, request.outputs)
         arrays = await served.batcher.submit(request.pixels, request.outputs, request.deadline)
-        served.images.inc(len(request.pixels))
+        served.count_images(len(request.pixels))  # the version that answered
         return InferenceResult(served.model, dict(zip(request.outputs, arrays)))
 
 

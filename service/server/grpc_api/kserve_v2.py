@@ -11,17 +11,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 
-from service.core import InferenceCore, InferenceRequest, InferenceResult
-from service.errors import InvalidInput
+from service.contract import FEATURES, INPUT_NAME
 from service.generated.inference import grpc_predict_v2_pb2 as pb
 from service.generated.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from service.runtime import FEATURES, INPUT_NAME, ModelDescription
-from service.status import add_service, deadline_of, observed
-from service.validation import pixels_from_bytes, pixels_from_values
+from service.server.core_types import InferenceRequest, InferenceResult, ModelDescription
+from service.server.errors import InvalidInput
+from service.server.grpc_api.status import add_service, deadline_of, observed
+from service.server.validation import check_tensor_shape, pixels_from_bytes, pixels_from_typed
+from service.wire import length_delimited
+
+if TYPE_CHECKING:
+    from service.server.core import InferenceCore
 
 API = "kserve_v2"
 SERVER_NAME = "digit-serving"
@@ -57,9 +62,7 @@ def decode_pixels(request: pb.ModelInferRequest) -> np.ndarray:
                            f"expected one of {', '.join(DATATYPES)}")
     dtype, field = DATATYPES[datatype]
     shape = list(tensor.shape)
-    if not (len(shape) == 2 and shape[1] == FEATURES or len(shape) == 3 and shape[1:] == [28, 28]) \
-            or shape[0] < 1:
-        raise InvalidInput(f"input '{INPUT_NAME}' has shape {shape}; expected [N, 784] or [N, 28, 28] with N ≥ 1")
+    images = check_tensor_shape(shape, WHAT)
     raw = request.raw_input_contents
     if raw:
         if len(raw) != 1:
@@ -73,11 +76,8 @@ def decode_pixels(request: pb.ModelInferRequest) -> np.ndarray:
             if other != field and len(getattr(contents, other)):
                 raise InvalidInput(f"{WHAT} is {datatype}, so its data belongs in "
                                    f"contents.{field}, not contents.{other}")
-        array = np.array(getattr(contents, field), dtype=np.float32 if dtype == "float32" else np.int64)
-        if dtype == "uint8" and array.size and (array.min() < 0 or array.max() > 255):
-            raise InvalidInput(f"{WHAT}: UINT8 values must be within 0..255")
-        pixels = pixels_from_values(array.astype(np.uint8) if dtype == "uint8" else array, f"{WHAT} contents")
-    if len(pixels) != shape[0]:
+        pixels = pixels_from_typed(getattr(contents, field), dtype, f"{WHAT} contents")
+    if len(pixels) != images:
         raise InvalidInput(f"{WHAT} declares shape {shape} ({shape[0]} images) but its data holds "
                            f"{len(pixels)} images")
     return pixels
@@ -95,17 +95,6 @@ def wants_raw_output(request: pb.ModelInferRequest) -> bool:
         return True
     param = request.parameters.get("binary_data_output")
     return param is not None and param.bool_param
-
-
-def length_delimited(number: int, payload: bytes) -> bytes:
-    """Protobuf wire bytes of field `number` holding `payload`; appended to a message's bytes they
-    set (or, for a repeated field, append to) that field."""
-    size, varint = len(payload), bytearray()
-    while size > 0x7F:
-        varint.append(size & 0x7F | 0x80)
-        size >>= 7
-    varint.append(size)
-    return bytes(((number << 3) | 2,)) + varint + payload
 
 
 @lru_cache(maxsize=256)

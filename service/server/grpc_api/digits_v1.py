@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 
-from service import metrics
-from service.core import InferenceCore, InferenceRequest
-from service.errors import InvalidInput
+from service.contract import INPUT_NAME, PROBABILITIES
 from service.generated.digits.v1 import digits_pb2 as pb
 from service.generated.digits.v1 import digits_pb2_grpc as pb_grpc
-from service.runtime import INPUT_NAME, PROBABILITIES
-from service.status import MalformedRequest, add_service, admit, deadline_of, observed, status_of
-from service.validation import pixels_from_bytes, pixels_from_values
+from service.server import metrics
+from service.server.core_types import InferenceRequest
+from service.server.errors import InvalidInput
+from service.server.grpc_api.status import MalformedRequest, add_service, admit, deadline_of, observed, status_of
+from service.server.validation import pixels_from_bytes, pixels_from_typed
+
+if TYPE_CHECKING:
+    from service.server.core import InferenceCore
 
 API = "digits_v1"
 FORMATS = {pb.PIXEL_FORMAT_UINT8: "uint8", pb.PIXEL_FORMAT_FLOAT32: "float32"}
@@ -30,7 +34,7 @@ def decode_pixels(request: pb.ClassifyRequest) -> np.ndarray:
     if request.pixels and request.pixel_values:
         raise InvalidInput("set either pixels or pixel_values, not both")
     if request.pixel_values:
-        return pixels_from_values(np.array(request.pixel_values, dtype=np.float32), "pixel_values")
+        return pixels_from_typed(request.pixel_values, "float32", "pixel_values")
     if request.pixel_format not in FORMATS:
         given = request.pixel_format
         name = pb.PixelFormat.Name(given) if given in pb.PixelFormat.values() else str(given)
@@ -117,7 +121,7 @@ class DigitsV1Servicer(pb_grpc.DigitClassifierServicer):
         model = self._core.find_model(self._core.model.name, request.model_version)
         return pb.ModelInfo(
             name=model.name, version=model.version,
-            available_versions=self._core.repository.versions(),
+            available_versions=self._core.available_versions,
             layer_sizes=model.layer_sizes, hidden_activation=model.hidden_activation,
             parameter_count=model.parameter_count, test_accuracy=model.test_accuracy,
             sha256=model.sha256, input_name=INPUT_NAME, output_names=model.output_names,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import ModelNotFound
+from service.server.errors import ModelNotFound
 
 MODEL_FILENAME = "model.onnx"
 

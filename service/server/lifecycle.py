@@ -1,10 +1,11 @@
 """Lifecycle of one server process: assemble, load, warm up, report ready, drain on a signal.
 
-This is the only module that touches health status. Order of events:
+This is the only module that decides health status. Order of events:
 load and warm up the model (a bad model fails start-up before any port is bound) → start gRPC
 with every service NOT_SERVING → SERVING → watch the repository for new versions while waiting
 for SIGTERM/SIGINT → NOT_SERVING → stop accepting RPCs and give in-flight ones `grace_period`
-seconds → exit 0.
+seconds → exit 0. `serve_in_process` runs it with its own /metrics; `workers.Supervisor` runs it
+in N forked workers.
 """
 
 from __future__ import annotations
@@ -14,21 +15,24 @@ import logging
 import signal
 from collections.abc import Callable
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from prometheus_client import REGISTRY, start_http_server
 
-from service import metrics, security, status
-from service.config import ServeConfig
-from service.core import CoreSettings, InferenceCore
-from service.errors import ModelNotFound
-from service.repository import ModelRepository
-from service.runtime import ModelLoadError
-from service.servicers import digits_v1, kserve_v2
+from service.server import metrics, runtime, security
+from service.server.config import ServeConfig
+from service.server.core import InferenceCore
+from service.server.core_types import CoreSettings
+from service.server.errors import ModelNotFound
+from service.server.grpc_api.server import GrpcServer
+from service.server.repository import ModelRepository
+from service.server.runtime import ModelLoadError
 
 log = logging.getLogger(__name__)
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def announce(config: ServeConfig, grpc_port: int, metrics_port: int) -> None:
+    """The one line that says the server is up (tests and scripts wait for it)."""
+    log.info("serving grpc=%s:%d metrics=http://%s:%d/metrics workers=%d", config.host, grpc_port,
+             config.host, metrics_port, config.workers)
 
 
 def build_core(config: ServeConfig) -> InferenceCore:
@@ -40,32 +44,15 @@ def build_core(config: ServeConfig) -> InferenceCore:
                          config.model_version or None, settings)
 
 
-def grpc_options(config: ServeConfig) -> list[tuple[str, int]]:
-    options = [("grpc.max_receive_message_length", config.max_receive_message_bytes),
-               ("grpc.max_send_message_length", config.max_send_message_bytes),
-               ("grpc.so_reuseport", 1),
-               # Calls gRPC core holds before our event loop takes them. Unbounded (its default is
-               # thousands), an overloaded worker serves only calls that waited past their deadline
-               # and goodput collapses; bounded, the excess is shed at once and what is served is fresh.
-               ("grpc.server.max_pending_requests", config.max_concurrent_rpcs),
-               ("grpc.server.max_pending_requests_hard_limit", 2 * config.max_concurrent_rpcs)]
-    if config.max_connection_age > 0:
-        age_ms = int(config.max_connection_age * 1000)
-        options += [("grpc.max_connection_age_ms", age_ms),
-                    ("grpc.max_connection_age_grace_ms", int(config.grace_period * 1000))]
-    return options
-
-
 class ServerProcess:
     """One process's gRPC server over one inference core."""
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.core = build_core(config)
-        self._health = health.aio.HealthServicer()
         self._serving = False
         self._stop = asyncio.Event()
-        self._server: grpc.aio.Server | None = None
+        self._grpc: GrpcServer | None = None
         self.port: int | None = None
 
     def is_serving(self) -> bool:
@@ -74,29 +61,12 @@ class ServerProcess:
     async def start(self) -> int:
         """Loads the model and starts serving; returns the bound gRPC port."""
         model = self.core.load()  # raises on a missing, corrupt or wrong model: nothing bound yet
-        credentials = security.server_credentials(self.config)
-        token = security.load_token(self.config)
-        interceptors = [security.BearerTokenInterceptor(token)] if token else []
-        status.limit_concurrent_calls(self.config.max_concurrent_rpcs)
-        server = grpc.aio.server(options=grpc_options(self.config), interceptors=interceptors)
-        names = [digits_v1.add_to_server(self.core, server),
-                 kserve_v2.add_to_server(self.core, self.is_serving, server)]
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        self._service_names = ["", *names]
-        for name in self._service_names:
-            await self._health.set(name, NOT_SERVING)
-        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-        address = f"{self.config.host}:{self.config.port}"
-        self.port = (server.add_secure_port(address, credentials) if credentials
-                     else server.add_insecure_port(address))
-        if not self.port:
-            raise OSError(f"cannot listen on {address}")
-        await server.start()
-        self._server = server
+        self._grpc = GrpcServer(self.config, self.core, self.is_serving,
+                                security.tls_material(self.config), security.load_token(self.config))
+        self.port = await self._grpc.start()
         # the core warmed up the session while loading; now the whole path is ready
         self._serving = True
-        for name in self._service_names:
-            await self._health.set(name, SERVING)
+        await self._grpc.set_serving(True)
         log.info("worker ready: grpc %s:%d, model %s version %s (sha256 %s)", self.config.host, self.port,
                  model.name, model.version, model.sha256[:12])
         return self.port
@@ -119,8 +89,7 @@ class ServerProcess:
         await watcher
         log.info("draining: NOT_SERVING, refusing new RPCs, %.1f s for in-flight ones", self.config.grace_period)
         self._serving = False
-        await self._health.enter_graceful_shutdown()
-        await self._server.stop(self.config.grace_period)
+        await self._grpc.drain(self.config.grace_period)
         log.info("stopped after answering %d inference calls successfully", metrics.answered_calls())
 
 
@@ -138,9 +107,22 @@ async def run(config: ServeConfig, on_ready: Callable[[int], None] | None = None
 
 
 def serve(config: ServeConfig, on_ready: Callable[[int], None] | None = None) -> int:
-    """Runs one server process to completion; a start-up failure is one log line and exit code 2."""
+    """Runs one server process to completion; a start-up failure is one log line and exit code 2.
+    The caller has set up metrics (`serve_in_process` or the supervisor)."""
+    runtime.disable_telemetry()
     try:
         return asyncio.run(run(config, on_ready))
     except (ModelLoadError, ModelNotFound, security.SecurityConfigError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 2
+
+
+def serve_in_process(config: ServeConfig) -> int:
+    """`--workers 1`: this process serves gRPC, and /metrics from a thread."""
+    metrics.register(REGISTRY)  # beside prometheus-client's process and platform collectors
+    try:
+        httpd, _ = start_http_server(config.metrics_port, addr=config.host)
+    except OSError as exc:
+        log.error("cannot start: metrics port %d: %s", config.metrics_port, exc)
+        return 2
+    return serve(config, lambda port: announce(config, port, httpd.server_port))

@@ -1,0 +1,306 @@
+"""Prometheus metrics: what is measured, under which names, and with which buckets.
+
+Three seams observe: end-to-end latency in the transport (`grpc_api.status`), queue wait and
+batch size in the batcher, compute time around the onnxruntime call. Nothing else times anything.
+
+Every series lives in cells this module owns: one row of float64 cells per worker slot, written
+only by that worker's request thread and summed by whoever collects (the supervisor's /metrics
+with `--workers N`). An observation is two additions to plain numbers, no lock: prometheus-client's
+multiprocess values take a lock, check the pid and pack into an mmap on every update (about
+1.3 µs each, a dozen per request), which was the largest part of our p50 overhead at one image
+per call. Model versions (name, version, SHA-256) sit in a small shared table beside the rows, so
+images-by-version and model info need no prometheus-client multiprocess mode either.
+
+Importing this module maps nothing and registers nothing. Until the lifecycle code calls
+`map_shared`, observations land in a private row of this process (enough for unit tests); the
+lifecycle code maps the shared block before any worker forks, picks each worker's row with
+`use_slot`, and registers the collector with `register` in the process that serves /metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import multiprocessing
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+log = logging.getLogger(__name__)
+
+PREFIX = "digits"
+
+# 50 µs to 1 s, dense where this service lives (0.1–10 ms).
+LATENCY_BUCKETS = (
+    50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6,
+    1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 10e-3, 15e-3, 20e-3, 30e-3, 50e-3, 75e-3,
+    0.1, 0.2, 0.5, 1.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+# The inference API methods whose calls are timed and counted; a RequestObserver for any other
+# method fails at construction, so a new method is added here, where the memory layout is decided.
+OBSERVED_METHODS = (
+    ("kserve_v2", "ModelInfer"), ("kserve_v2", "ModelMetadata"), ("kserve_v2", "ModelReady"),
+    ("digits_v1", "Classify"), ("digits_v1", "ClassifyStream"), ("digits_v1", "GetModelInfo"),
+)
+# gRPC's status code names, as strings so that metrics need not import grpc.
+CODES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+         "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+         "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
+VERSION_SLOTS = 64          # distinct model versions one server run can label; later ones are not counted
+_NAME_BYTES, _VERSION_BYTES, _SHA_BYTES = 64, 32, 32
+_ENTRY_BYTES = _NAME_BYTES + _VERSION_BYTES + _SHA_BYTES
+
+
+class _Histogram:
+    """Where one histogram's cells sit in a row: a count per bucket (the last is +Inf), then the sum."""
+
+    def __init__(self, offset: int, bounds: tuple[float, ...]) -> None:
+        self.offset, self.bounds = offset, bounds
+        self.sum_cell = offset + len(bounds) + 1
+        self.end = self.sum_cell + 1
+        self.edges = [*map(floatToGoString, bounds), "+Inf"]
+
+    def observe(self, value: float) -> None:
+        cells = _cells
+        cells[self.offset + bisect_left(self.bounds, value)] += 1.0
+        cells[self.sum_cell] += value
+
+    def count(self, row) -> float:
+        return sum(row[self.offset:self.sum_cell])
+
+    def export(self, row: np.ndarray) -> tuple[list[tuple[str, float]], float, float]:
+        """(cumulative buckets, sum, count) from one summed row."""
+        counts = np.cumsum(row[self.offset:self.sum_cell]).tolist()
+        return list(zip(self.edges, counts)), float(row[self.sum_cell]), counts[-1]
+
+
+class _Layout:
+    """Hands out consecutive cells of a row, so the layout is written once, in order."""
+
+    def __init__(self) -> None:
+        self.cells = 0
+
+    def histogram(self, bounds: tuple[float, ...]) -> _Histogram:
+        histogram = _Histogram(self.cells, bounds)
+        self.cells = histogram.end
+        return histogram
+
+    def block(self, size: int) -> int:
+        start, self.cells = self.cells, self.cells + size
+        return start
+
+
+_layout = _Layout()
+_REQUESTS = {(api, method, code): _layout.histogram(LATENCY_BUCKETS)
+             for api, method in OBSERVED_METHODS for code in CODES}
+_QUEUE_WAIT = _layout.histogram(LATENCY_BUCKETS)
+_COMPUTE = _layout.histogram(LATENCY_BUCKETS)
+_BATCH = _layout.histogram(BATCH_BUCKETS)
+_INFLIGHT = _layout.block(1)
+_IMAGES = _layout.block(VERSION_SLOTS)   # images classified, by version-table entry
+_SERVING = _layout.block(1)              # 1 + the table entry this worker serves now; 0: none
+ROW_CELLS = _layout.cells
+
+
+class _Block:
+    """Rows of cells, then the version table. Shared between processes when mapped before fork."""
+
+    def __init__(self, rows: int, shared: bool) -> None:
+        self.rows = rows
+        self.cells_bytes = rows * ROW_CELLS * 8
+        size = self.cells_bytes + VERSION_SLOTS * _ENTRY_BYTES
+        self.memory = mmap.mmap(-1, size) if shared else bytearray(size)  # zero-filled either way
+        # Only `model_installed` (once per load) takes it, never the request path.
+        self.table_lock = multiprocessing.Lock() if shared else None
+
+    def row(self, slot: int) -> memoryview:
+        start = slot * ROW_CELLS * 8
+        return memoryview(self.memory)[start:start + ROW_CELLS * 8].cast("d")
+
+    def rows_array(self) -> np.ndarray:
+        return np.frombuffer(self.memory, dtype=np.float64, count=self.rows * ROW_CELLS).reshape(self.rows, ROW_CELLS)
+
+    def entry(self, index: int) -> memoryview:
+        start = self.cells_bytes + index * _ENTRY_BYTES
+        return memoryview(self.memory)[start:start + _ENTRY_BYTES]
+
+    def entries(self) -> list[tuple[str, str, str]]:
+        """(model, version, sha256 hex) of every version this block has labelled, in table order."""
+        found = []
+        for index in range(VERSION_SLOTS):
+            entry = bytes(self.entry(index))
+            if not entry[0]:
+                break
+            name = entry[:_NAME_BYTES].rstrip(b"\0").decode()
+            version = entry[_NAME_BYTES:_NAME_BYTES + _VERSION_BYTES].rstrip(b"\0").decode()
+            found.append((name, version, entry[_NAME_BYTES + _VERSION_BYTES:].hex()))
+        return found
+
+    def find_or_add(self, name: str, version: str, sha256: str) -> int | None:
+        """The table index of this model version, added if new; None when the table is full."""
+        wanted = (name, version, sha256)
+        entries = self.entries()
+        if wanted in entries:
+            return entries.index(wanted)
+        if len(entries) == VERSION_SLOTS:
+            return None
+        record = (name.encode()[:_NAME_BYTES].ljust(_NAME_BYTES, b"\0")
+                  + version.encode()[:_VERSION_BYTES].ljust(_VERSION_BYTES, b"\0") + bytes.fromhex(sha256))
+        self.entry(len(entries))[:] = record
+        return len(entries)
+
+
+_block = _Block(1, shared=False)   # this process alone until `map_shared`
+_cells = _block.row(0)             # this process's row: the request path's only write target
+_answered_before = 0.0             # OK calls already in this row when the process took it over
+
+
+def map_shared(rows: int) -> None:
+    """Maps one shared row per worker slot; the supervisor calls it before any worker forks.
+    A single-process server keeps its private row."""
+    global _block, _cells
+    _block = _Block(rows, shared=True)
+    _cells = _block.row(0)
+
+
+def use_slot(slot: int) -> None:
+    """Called in a worker after fork. A replacement takes over its predecessor's row, so counters
+    stay monotonic; only the in-flight gauge and the served version restart."""
+    global _cells, _answered_before
+    _cells = _block.row(slot)
+    _cells[_INFLIGHT] = 0.0
+    _cells[_SERVING] = 0.0
+    _answered_before = _answered(_cells)
+
+
+def worker_exited(slot: int) -> None:
+    """A dead worker's calls are no longer in flight, and it serves no version."""
+    row = _block.row(slot)
+    row[_INFLIGHT] = 0.0
+    row[_SERVING] = 0.0
+
+
+def model_installed(name: str, version: str, sha256: str) -> Callable[[int], None]:
+    """Records that this worker now serves this model version (model info) and returns the function
+    that counts its classified images."""
+    lock = _block.table_lock
+    if lock is not None:
+        lock.acquire()
+    try:
+        index = _block.find_or_add(name, version, sha256)
+    finally:
+        if lock is not None:
+            lock.release()
+    if index is None:
+        log.warning("metrics label %d model versions at most; images of version %s are not counted",
+                    VERSION_SLOTS, version)
+        _cells[_SERVING] = 0.0
+        return lambda images: None
+    cells, cell = _cells, _IMAGES + index
+    cells[_SERVING] = index + 1.0
+
+    def count_images(images: int) -> None:
+        cells[cell] += images
+
+    return count_images
+
+
+class RequestObserver:
+    """Records one API method's calls: latency and count by gRPC status code name."""
+
+    def __init__(self, api: str, method: str) -> None:
+        if (api, method) not in OBSERVED_METHODS:
+            raise ValueError(f"{api}.{method} is not in metrics.OBSERVED_METHODS")
+        self._histograms = {code: _REQUESTS[api, method, code] for code in CODES}
+
+    def __call__(self, code: str, seconds: float) -> None:
+        self._histograms[code].observe(seconds)
+
+
+def request_started() -> None:
+    _cells[_INFLIGHT] += 1.0
+
+
+def request_finished() -> None:
+    _cells[_INFLIGHT] -= 1.0
+
+
+def inflight() -> float:
+    """Calls this worker is handling now."""
+    return _cells[_INFLIGHT]
+
+
+def observe_queue_wait(seconds: float) -> None:
+    _QUEUE_WAIT.observe(seconds)
+
+
+def observe_compute(seconds: float, images: int) -> None:
+    """One onnxruntime call: its duration and its batch size."""
+    _COMPUTE.observe(seconds)
+    _BATCH.observe(images)
+
+
+def _answered(row) -> float:
+    return sum(h.count(row) for (_, _, code), h in _REQUESTS.items() if code == "OK")
+
+
+def answered_calls() -> int:
+    """Inference calls this process answered successfully: the server's side of a drain count."""
+    return int(_answered(_cells) - _answered_before)
+
+
+class SharedCollector:
+    """Exports the rows, summed over workers, in Prometheus' data model."""
+
+    def collect(self) -> Iterator[Metric]:
+        rows = _block.rows_array()
+        row = rows.sum(axis=0)
+        labels = ["api", "method", "code"]
+        duration = HistogramMetricFamily(
+            f"{PREFIX}_request_duration_seconds",
+            "End-to-end time of an inference API call in the server, by API, method and gRPC status code.",
+            labels=labels)
+        calls = CounterMetricFamily(
+            f"{PREFIX}_requests", "Inference API calls handled, by API, method and gRPC status code.",
+            labels=labels)
+        for key, histogram in _REQUESTS.items():
+            buckets, total, count = histogram.export(row)
+            if count:
+                duration.add_metric(list(key), buckets, total)
+                calls.add_metric(list(key), count)
+        yield duration
+        yield calls
+        for histogram, name, doc in (
+                (_QUEUE_WAIT, "queue_wait_seconds", "Time a request waited in the batching queue before compute."),
+                (_COMPUTE, "model_compute_seconds", "Time of one onnxruntime call (one coalesced batch)."),
+                (_BATCH, "batch_size", "Images per onnxruntime call after coalescing.")):
+            buckets, total, _ = histogram.export(row)
+            yield HistogramMetricFamily(f"{PREFIX}_{name}", doc, buckets=buckets, sum_value=total)
+        yield GaugeMetricFamily(f"{PREFIX}_inflight_requests", "Inference API calls being handled now.",
+                                value=float(row[_INFLIGHT]))
+        images = CounterMetricFamily(f"{PREFIX}_images_classified",
+                                     "Images classified successfully, by the model version that answered.",
+                                     labels=["version"])
+        info = GaugeMetricFamily(f"{PREFIX}_model_info",
+                                 "The model being served (value 1): name, version and SHA-256 of model.onnx.",
+                                 labels=["model", "version", "sha256"])
+        serving = set(rows[:, _SERVING].astype(int).tolist())
+        by_version: dict[str, float] = {}  # a file replaced in place: one version, two digests
+        for index, (name, version, sha256) in enumerate(_block.entries()):
+            by_version[version] = by_version.get(version, 0.0) + float(row[_IMAGES + index])
+            info.add_metric([name, version, sha256], 1.0 if index + 1 in serving else 0.0)
+        for version, count in by_version.items():
+            images.add_metric([version], count)
+        yield images
+        yield info
+
+
+def register(registry: CollectorRegistry) -> None:
+    """Adds the collector to `registry`; the lifecycle code calls it in the process serving /metrics."""
+    registry.register(SharedCollector())

@@ -1,1 +1,0 @@
-"""gRPC servicers: thin adapters between each API's protobuf messages and the inference core."""
