@@ -1,18 +1,19 @@
-"""Coalesces concurrent requests into one onnxruntime call, without adding latency.
+"""Coalesces the requests that are ready into one onnxruntime call, without adding latency.
 
 This network costs microseconds per image and much less per image in a batch, while each call has
 a fixed overhead; so under concurrency, one call for everything waiting beats one call each. The
-batcher lives on the server's event loop: a request that finds the model idle is computed at once,
-on its own loop turn; requests that arrive while the model is busy (later in the same turn, or
-while others are queued) wait in a bounded queue and the next turn's call takes all of them, up to
-`max_batch_size` images. An optional `max_queue_delay` holds every request that long to gather
-more. Compute runs inline on the loop thread: for a model this small a hop to a worker thread
-costs more than the compute itself, and each worker process owns one core anyway.
+serving loop reads every request that has already arrived (it drains the transport's completed
+events first) and then asks the batcher to compute: whatever is queued at that moment goes to
+the model together, up to `max_batch_size` images a call, with no waiting added. An optional
+`max_queue_delay` instead holds each request up to that long to gather more. Compute runs on the
+serving loop's thread: for a model this small a hop to another thread costs more than the compute
+itself, and each worker process owns one core anyway.
+
+Not thread-safe: one serving loop owns a batcher.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,15 +25,23 @@ from service.server import metrics
 from service.server.errors import DeadlineExpired, InferenceError, Overloaded
 
 RunFn = Callable[[np.ndarray, tuple[str, ...]], list[np.ndarray]]
+# Called once per request: its outputs in the order asked for, or the error that ended it.
+DoneFn = Callable[[list[np.ndarray] | None, InferenceError | None], None]
 
 
 @dataclass(slots=True)
-class _Pending:
+class Ticket:
+    """A queued request. `cancel()` (the client went away) drops it before compute."""
+
     pixels: np.ndarray
     outputs: tuple[str, ...]
     deadline: float | None
-    future: asyncio.Future
+    done: DoneFn
     enqueued: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class Batcher:
@@ -43,51 +52,47 @@ class Batcher:
         self._max_batch = max_batch_size
         self._max_queue = max_queue_size
         self._delay = max_queue_delay
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[Ticket] = deque()
         self._queued_images = 0
-        self._flush_scheduled = False
-        self._busy_this_turn = False
-
-    def _end_turn(self) -> None:
-        self._busy_this_turn = False
 
     @property
     def queued_images(self) -> int:
         return self._queued_images
 
-    async def submit(self, pixels: np.ndarray, outputs: tuple[str, ...],
-                     deadline: float | None) -> list[np.ndarray]:
-        """Returns the requested outputs for these rows, in the order of `outputs`."""
-        if not (self._pending or self._busy_this_turn) and self._delay <= 0:
-            # Idle: compute now, on this loop turn, with no hop of latency. Requests that reach
-            # the batcher later in the same turn queue and go together on the next turn.
-            if deadline is not None and time.monotonic() >= deadline:
-                raise DeadlineExpired("deadline passed before compute; not computed")
-            self._busy_this_turn = True
-            asyncio.get_running_loop().call_soon(self._end_turn)
-            metrics.observe_queue_wait(0.0)
-            return self._execute(pixels, outputs)
+    def add(self, pixels: np.ndarray, outputs: tuple[str, ...], deadline: float | None, done: DoneFn) -> Ticket:
+        """Queues one request for the next `compute`; raises Overloaded when the queue is full."""
         count = len(pixels)
         if self._queued_images + count > self._max_queue:
             raise Overloaded(f"server queue is full ({self._queued_images} images waiting, limit "
                              f"{self._max_queue}); retry with backoff or add replicas")
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._pending.append(_Pending(pixels, outputs, deadline, future))
+        ticket = Ticket(pixels, outputs, deadline, done)
+        self._pending.append(ticket)
         self._queued_images += count
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            if self._delay > 0:
-                loop.call_later(self._delay, self._flush)
-            else:
-                loop.call_soon(self._flush)
-        return await future
+        return ticket
 
-    def _take_batch(self) -> list[_Pending]:
+    def next_due(self) -> float | None:
+        """When the oldest request must be computed (time.monotonic()), or None if none waits."""
+        if not self._pending:
+            return None
+        return self._pending[0].enqueued + self._delay
+
+    def compute(self, now: float | None = None) -> None:
+        """Computes what is due: with no queue delay, everything queued, in calls of at most
+        `max_batch_size` images; with one, only once the oldest has waited it out or a full
+        batch is waiting."""
+        now = time.monotonic() if now is None else now
+        while self._pending:
+            if self._delay > 0 and now < self._pending[0].enqueued + self._delay \
+                    and self._queued_images < self._max_batch:
+                return
+            batch = self._take_batch(now)
+            if batch:
+                self._compute(batch)
+
+    def _take_batch(self, now: float) -> list[Ticket]:
         """Pops what fits in one call, dropping requests nobody waits for or that are too late."""
-        batch: list[_Pending] = []
+        batch: list[Ticket] = []
         images = 0
-        now = time.monotonic()
         while self._pending:
             item = self._pending[0]
             count = len(item.pixels)
@@ -95,10 +100,10 @@ class Batcher:
                 break
             self._pending.popleft()
             self._queued_images -= count
-            if item.future.done():  # cancelled: the client went away
+            if item.cancelled:
                 continue
             if item.deadline is not None and now >= item.deadline:
-                item.future.set_exception(DeadlineExpired(
+                item.done(None, DeadlineExpired(
                     f"deadline passed after {now - item.enqueued:.6f} s in the queue; not computed"))
                 continue
             metrics.observe_queue_wait(now - item.enqueued)
@@ -106,16 +111,7 @@ class Batcher:
             images += count
         return batch
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        batch = self._take_batch()
-        if self._pending:  # more than one call's worth: come back on the next loop turn
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-        if batch:
-            self._compute(batch)
-
-    def _compute(self, batch: list[_Pending]) -> None:
+    def _compute(self, batch: list[Ticket]) -> None:
         names = batch[0].outputs
         if any(item.outputs != names for item in batch):
             wanted = {n for item in batch for n in item.outputs}
@@ -124,15 +120,16 @@ class Batcher:
             results = self._execute(_stack([item.pixels for item in batch]), names)
         except InferenceError as error:  # a runtime failure fails this batch, not the server
             for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
+                item.done(None, error)
+            return
+        if len(batch) == 1 and batch[0].outputs == names:
+            batch[0].done(results, None)
             return
         by_name = dict(zip(names, results))
         row = 0
         for item in batch:
             end = row + len(item.pixels)
-            if not item.future.done():
-                item.future.set_result([by_name[n][row:end] for n in item.outputs])
+            item.done([by_name[n][row:end] for n in item.outputs], None)
             row = end
 
     def _execute(self, pixels: np.ndarray, names: tuple[str, ...]) -> list[np.ndarray]:

@@ -1,5 +1,10 @@
 """The inference core: one model, validated requests in, NumPy results out.
 
+It is driven by one serving loop (not thread-safe): `submit` queues a request, `compute_due`
+computes what is ready and calls each request's `done`. Only `reload_if_changed` runs elsewhere,
+on the repository watcher's thread: it loads a new version there and hands it over, and the loop
+swaps it in at its next `compute_due`.
+
 Both gRPC APIs are thin adapters over this class, so they behave identically by construction. It
 knows nothing of protobuf or gRPC: requests and results are the plain dataclasses of
 `core_types`, and failures are the exceptions of `errors`.
@@ -7,15 +12,14 @@ knows nothing of protobuf or gRPC: requests and results are the plain dataclasse
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from service.server import metrics
-from service.server.batcher import Batcher
+from service.server.batcher import Batcher, Ticket
 from service.server.core_types import CoreSettings, InferenceRequest, InferenceResult, ModelDescription
-from service.server.errors import InvalidInput, ModelNotFound, NotReady
+from service.server.errors import InferenceError, InvalidInput, ModelNotFound, NotReady
 from service.server.repository import ModelRepository, ModelVersion
 from service.server.runtime import ModelLoadError, ModelRuntime
 from service.server.validation import check_batch_size
@@ -40,6 +44,8 @@ class InferenceCore:
         self._pinned_version = version
         self._served: _Served | None = None
         self._versions: tuple[str, ...] = ()
+        self._incoming: _Served | None = None   # loaded by the watcher, installed by the loop
+        self._retiring: list[Batcher] = []      # old versions' batchers still holding requests
         self._rejected: set[tuple[str, tuple[int, int]]] = set()
 
     def _load(self, version: ModelVersion) -> _Served:
@@ -70,10 +76,11 @@ class InferenceCore:
         kept here so that answering a client never scans the disk."""
         return self._versions
 
-    async def reload_if_changed(self) -> bool:
-        """Swaps in the repository's newest version if it differs from the served one.
+    def reload_if_changed(self) -> bool:
+        """Loads the repository's newest version if it differs from the served one, and hands it
+        to the serving loop, which swaps it in at its next `compute_due`.
 
-        Loading and warm-up run in a thread so requests keep flowing; requests already queued
+        Runs on the watcher's thread so requests keep flowing; requests already queued
         finish on the old version. A version that fails to load is logged, remembered (until its
         file changes) and not tried again, and the served version keeps serving.
         """
@@ -90,20 +97,27 @@ class InferenceCore:
         except (ModelNotFound, OSError) as exc:
             log.warning("model repository check failed, still serving version %s: %s", self.model.version, exc)
             return False
-        served = self._served
+        served = self._incoming or self._served
         if key == (served.model.version, served.file_key) or key in self._rejected:
             return False
         try:
-            candidate = await asyncio.to_thread(self._load, newest)
+            candidate = self._load(newest)
         except ModelLoadError as exc:
             self._rejected.add(key)
             log.error("rejected model version %s, still serving version %s: %s", newest.version,
                       served.model.version, exc)
             return False
-        self._install(candidate)
-        log.info("now serving model %s version %s (sha256 %s), was version %s", candidate.model.name,
-                 candidate.model.version, candidate.model.sha256[:12], served.model.version)
+        self._incoming = candidate  # one assignment: the loop reads it whole or not at all
         return True
+
+    def _swap_in_incoming(self) -> None:
+        candidate, self._incoming = self._incoming, None
+        previous = self._served
+        self._install(candidate)
+        if previous.batcher.queued_images:
+            self._retiring.append(previous.batcher)
+        log.info("now serving model %s version %s (sha256 %s), was version %s", candidate.model.name,
+                 candidate.model.version, candidate.model.sha256[:12], previous.model.version)
 
     @property
     def ready(self) -> bool:
@@ -136,15 +150,46 @@ class InferenceCore:
         if len(set(names)) != len(names):
             raise InvalidInput(f"output names requested more than once: {list(names)}")
 
-    async def infer(self, request: InferenceRequest) -> InferenceResult:
+    def submit(self, request: InferenceRequest,
+               done: Callable[[InferenceResult | None, InferenceError | None], None]) -> Ticket:
+        """Queues a validated request for the next `compute_due`, which calls `done` once with the
+        result or the error; raises at once what can be known now (bad outputs, full queue)."""
         served = self._served
         if served is None:
             raise NotReady("model is not loaded yet")
         check_batch_size(len(request.pixels), self.settings.max_batch_size)
         self._check_outputs(served.model, request.outputs)
-        arrays = await served.batcher.submit(request.pixels, request.outputs, request.deadline)
-        served.count_images(len(request.pixels))  # the version that answered
-        return InferenceResult(served.model, dict(zip(request.outputs, arrays)))
+        outputs, model, count_images = request.outputs, served.model, served.count_images
+        images = len(request.pixels)
+
+        def finished(arrays: list | None, error: InferenceError | None) -> None:
+            if error is not None:
+                done(None, error)
+                return
+            count_images(images)  # the version that answered
+            done(InferenceResult(model, dict(zip(outputs, arrays))), None)
+
+        return served.batcher.add(request.pixels, outputs, request.deadline, finished)
+
+    def compute_due(self, now: float | None = None) -> None:
+        """Computes every request that is due (all queued ones unless a queue delay is set), old
+        versions' leftovers first, then swaps in a version the watcher has loaded."""
+        if self._retiring:
+            for batcher in self._retiring:
+                batcher.compute(now)
+            self._retiring = [b for b in self._retiring if b.queued_images]
+        if self._served is not None:
+            self._served.batcher.compute(now)
+        if self._incoming is not None:
+            self._swap_in_incoming()
+
+    def next_due(self) -> float | None:
+        """When `compute_due` next has work (time.monotonic()), or None when nothing is queued."""
+        times = [t for t in (b.next_due() for b in self._batchers()) if t is not None]
+        return min(times) if times else None
+
+    def _batchers(self) -> list[Batcher]:
+        return [*self._retiring, *((self._served.batcher,) if self._served else ())]
 
 
 def _file_key(version: ModelVersion) -> tuple[int, int]:

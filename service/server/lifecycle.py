@@ -2,17 +2,17 @@
 
 This is the only module that decides health status. Order of events:
 load and warm up the model (a bad model fails start-up before any port is bound) → start gRPC
-with every service NOT_SERVING → SERVING → watch the repository for new versions while waiting
-for SIGTERM/SIGINT → NOT_SERVING → stop accepting RPCs and give in-flight ones `grace_period`
-seconds → exit 0. `serve_in_process` runs it with its own /metrics; `workers.Supervisor` runs it
+with every service NOT_SERVING → SERVING → serve on this thread's loop, while a watcher thread
+loads new model versions, until SIGTERM/SIGINT → NOT_SERVING → new calls UNAVAILABLE while
+in-flight ones get `grace_period` seconds → exit 0. `serve_in_process` runs it with its own /metrics; `workers.Supervisor` runs it
 in N forked workers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
+import threading
 from collections.abc import Callable
 
 from prometheus_client import REGISTRY, start_http_server
@@ -22,7 +22,8 @@ from service.server.config import ServeConfig
 from service.server.core import InferenceCore
 from service.server.core_types import CoreSettings
 from service.server.errors import ModelNotFound
-from service.server.grpc_api.server import GrpcServer
+from service.server.grpc_api import server as grpc_server
+from service.server.grpc_api import transport
 from service.server.repository import ModelRepository
 from service.server.runtime import ModelLoadError
 
@@ -45,76 +46,73 @@ def build_core(config: ServeConfig) -> InferenceCore:
 
 
 class ServerProcess:
-    """One process's gRPC server over one inference core."""
+    """One process's gRPC server over one inference core, driven by the serving loop."""
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.core = build_core(config)
         self._serving = False
-        self._stop = asyncio.Event()
-        self._grpc: GrpcServer | None = None
+        self._stop = threading.Event()
         self.port: int | None = None
 
     def is_serving(self) -> bool:
         return self._serving
 
-    async def start(self) -> int:
-        """Loads the model and starts serving; returns the bound gRPC port."""
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def start(self) -> int:
+        """Loads the model, binds and starts serving; returns the bound gRPC port."""
         model = self.core.load()  # raises on a missing, corrupt or wrong model: nothing bound yet
-        self._grpc = GrpcServer(self.config, self.core, self.is_serving,
-                                security.tls_material(self.config), security.load_token(self.config))
-        self.port = await self._grpc.start()
+        self._transport, self._loop, self.port = grpc_server.build(
+            self.config, self.core, self.is_serving, security.tls_material(self.config),
+            security.load_token(self.config))
+        self._transport.start()  # every service NOT_SERVING until the line below
         # the core warmed up the session while loading; now the whole path is ready
         self._serving = True
-        await self._grpc.set_serving(True)
+        self._loop.set_serving(True)
         log.info("worker ready: grpc %s:%d, model %s version %s (sha256 %s)", self.config.host, self.port,
                  model.name, model.version, model.sha256[:12])
         return self.port
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    async def watch_repository(self) -> None:
-        """Swaps in new model versions as they appear (hot reload), until the server stops."""
+    def _watch_repository(self) -> None:
+        """Loads new model versions as they appear (hot reload) until the server stops; the
+        serving loop swaps each one in between two turns."""
         interval = self.config.model_poll_interval
-        while interval > 0 and not self._stop.is_set():
+        while interval > 0 and not self._stop.wait(interval):
             try:
-                await asyncio.wait_for(self._stop.wait(), interval)
-            except TimeoutError:
-                await self.core.reload_if_changed()
+                self.core.reload_if_changed()
+            except Exception:  # noqa: BLE001 - a watcher that dies would silently end hot reload
+                log.exception("model repository check failed")
 
-    async def wait_and_drain(self) -> None:
-        watcher = asyncio.create_task(self.watch_repository())
-        await self._stop.wait()
-        await watcher
+    def serve_until_stopped(self) -> None:
+        watcher = threading.Thread(target=self._watch_repository, name="repository-watcher", daemon=True)
+        watcher.start()
+        self._loop.run(self._stop.is_set)
         log.info("draining: NOT_SERVING, refusing new RPCs, %.1f s for in-flight ones", self.config.grace_period)
         self._serving = False
-        await self._grpc.drain(self.config.grace_period)
+        self._loop.drain(self.config.grace_period)
+        watcher.join()
         log.info("stopped after answering %d inference calls successfully", metrics.answered_calls())
 
 
-async def run(config: ServeConfig, on_ready: Callable[[int], None] | None = None) -> int:
-    """Serves until SIGTERM/SIGINT; returns the process exit code."""
-    process = ServerProcess(config)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, process.request_stop)
-    port = await process.start()
-    if on_ready is not None:
-        on_ready(port)
-    await process.wait_and_drain()
-    return 0
-
-
 def serve(config: ServeConfig, on_ready: Callable[[int], None] | None = None) -> int:
-    """Runs one server process to completion; a start-up failure is one log line and exit code 2.
-    The caller has set up metrics (`serve_in_process` or the supervisor)."""
+    """Runs one server process to completion (SIGTERM/SIGINT drain it); a start-up failure is one
+    log line and exit code 2. The caller has set up metrics (`serve_in_process` or the supervisor)."""
     runtime.disable_telemetry()
     try:
-        return asyncio.run(run(config, on_ready))
-    except (ModelLoadError, ModelNotFound, security.SecurityConfigError, OSError) as exc:
+        transport.check_grpcio()
+        process = ServerProcess(config)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: process.request_stop())
+        port = process.start()
+    except (ModelLoadError, ModelNotFound, security.SecurityConfigError, OSError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
         return 2
+    if on_ready is not None:
+        on_ready(port)
+    process.serve_until_stopped()
+    return 0
 
 
 def serve_in_process(config: ServeConfig) -> int:

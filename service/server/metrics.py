@@ -45,7 +45,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 # The inference API methods whose calls are timed and counted; a RequestObserver for any other
 # method fails at construction, so a new method is added here, where the memory layout is decided.
 OBSERVED_METHODS = (
-    ("kserve_v2", "ModelInfer"), ("kserve_v2", "ModelMetadata"), ("kserve_v2", "ModelReady"),
+    ("kserve_v2", "ModelInfer"), ("kserve_v2", "ModelStreamInfer"), ("kserve_v2", "ModelMetadata"),
+    ("kserve_v2", "ModelReady"),
     ("digits_v1", "Classify"), ("digits_v1", "ClassifyStream"), ("digits_v1", "GetModelInfo"),
 )
 # gRPC's status code names, as strings so that metrics need not import grpc.

@@ -13,15 +13,14 @@ from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-import grpc
 import numpy as np
 
 from service.contract import FEATURES, INPUT_NAME
 from service.generated.inference import grpc_predict_v2_pb2 as pb
-from service.generated.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.server.core_types import InferenceRequest, InferenceResult, ModelDescription
 from service.server.errors import InvalidInput
-from service.server.grpc_api.status import add_service, deadline_of, observed
+from service.server.grpc_api.methods import Kind, Method, Pending, method_path
+from service.server.grpc_api.status import parse
 from service.server.validation import check_tensor_shape, pixels_from_bytes, pixels_from_typed
 from service.wire import length_delimited
 
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
     from service.server.core import InferenceCore
 
 API = "kserve_v2"
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVER_NAME = "digit-serving"
 PLATFORM = "onnxruntime_onnx"
 # V2 datatype -> (our dtype name, the InferTensorContents field that carries it typed)
@@ -133,37 +133,69 @@ def tensor_metadata(model: ModelDescription) -> pb.ModelMetadataResponse:
                  for n in model.output_names])
 
 
-class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
+class KServeV2:
     def __init__(self, core: InferenceCore, is_serving: Callable[[], bool]) -> None:
         self._core = core
         self._is_serving = is_serving
+        self._live = pb.ServerLiveResponse(live=True).SerializeToString()
+        self._metadata = pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION,
+                                                   extensions=[]).SerializeToString()
 
-    async def ServerLive(self, request, context):
-        return pb.ServerLiveResponse(live=True)
+    def server_live(self, data: bytes, deadline: float | None) -> bytes:
+        return self._live
 
-    async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self._is_serving())
+    def server_ready(self, data: bytes, deadline: float | None) -> bytes:
+        return pb.ServerReadyResponse(ready=self._is_serving()).SerializeToString()
 
-    @observed(API, "ModelReady")
-    async def ModelReady(self, request, context):
+    def server_metadata(self, data: bytes, deadline: float | None) -> bytes:
+        return self._metadata
+
+    def model_ready(self, data: bytes, deadline: float | None) -> bytes:
+        request = parse(pb.ModelReadyRequest, data)
         self._core.find_model(request.name, request.version)
-        return pb.ModelReadyResponse(ready=self._is_serving())
+        return pb.ModelReadyResponse(ready=self._is_serving()).SerializeToString()
 
-    async def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
+    def model_metadata(self, data: bytes, deadline: float | None) -> bytes:
+        request = parse(pb.ModelMetadataRequest, data)
+        return tensor_metadata(self._core.find_model(request.name, request.version)).SerializeToString()
 
-    @observed(API, "ModelMetadata")
-    async def ModelMetadata(self, request, context):
-        return tensor_metadata(self._core.find_model(request.name, request.version))
-
-    @observed(API, "ModelInfer")
-    async def ModelInfer(self, request, context):
+    def model_infer(self, data: bytes, deadline: float | None) -> Pending:
+        request = parse(pb.ModelInferRequest, data)
         model = self._core.find_model(request.model_name, request.model_version)
         pixels = decode_pixels(request)
         outputs = requested_outputs(request, model)
-        result = await self._core.infer(InferenceRequest(pixels, outputs, deadline_of(context)))
-        return encode_response(request, result, wants_raw_output(request))
+        raw = wants_raw_output(request)
+        return Pending(InferenceRequest(pixels, outputs, deadline),
+                       lambda result: encode_response(request, result, raw))
 
+    def stream_infer(self, data: bytes, deadline: float | None) -> Pending:
+        """ModelStreamInfer: the same inference, its response wrapped as `infer_response` (field 2)."""
+        pending = self.model_infer(data, deadline)
+        encode = pending.encode
+        return Pending(pending.request, lambda result: length_delimited(2, encode(result)))
 
-def add_to_server(core: InferenceCore, is_serving: Callable[[], bool], server: grpc.aio.Server) -> str:
-    return add_service(server, KServeV2Servicer(core, is_serving), pb.DESCRIPTOR.services_by_name["GRPCInferenceService"])
+    @staticmethod
+    def stream_error(data: bytes, code: str, message: str) -> bytes:
+        """One ModelStreamInfer request's failure: Triton puts it in `error_message`, with the id."""
+        try:
+            request_id = pb.ModelInferRequest.FromString(data).id
+        except Exception:  # noqa: BLE001 - undecodable: there is no id to echo
+            request_id = ""
+        return pb.ModelStreamInferResponse(error_message=message,
+                                           infer_response=pb.ModelInferResponse(id=request_id)).SerializeToString()
+
+    def methods(self) -> list[Method]:
+        def path(name: str) -> str:
+            return method_path(SERVICE, name)
+
+        return [
+            Method(path("ServerLive"), Kind.UNARY, self.server_live, protected=True),
+            Method(path("ServerReady"), Kind.UNARY, self.server_ready, protected=True),
+            Method(path("ServerMetadata"), Kind.UNARY, self.server_metadata, protected=True),
+            Method(path("ModelReady"), Kind.UNARY, self.model_ready, observed=(API, "ModelReady"), protected=True),
+            Method(path("ModelMetadata"), Kind.UNARY, self.model_metadata, observed=(API, "ModelMetadata"),
+                   protected=True),
+            Method(path("ModelInfer"), Kind.UNARY, self.model_infer, observed=(API, "ModelInfer"), protected=True),
+            Method(path("ModelStreamInfer"), Kind.STREAM, self.stream_infer, stream_error=self.stream_error,
+                   observed=(API, "ModelStreamInfer"), protected=True),
+        ]

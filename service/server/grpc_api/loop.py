@@ -1,0 +1,320 @@
+"""The serving loop of one worker: gRPC calls in, the inference core in the middle, replies out.
+
+One thread, no asyncio on the request path. Each turn takes every transport event that has
+already completed (arrivals, messages, client cancellations), hands each request to its
+method's adapter (which answers at once or queues an inference with the core), and only then
+asks the core to compute: so everything that arrived together goes to onnxruntime in one call,
+and nothing waits that did not have to. Replies go out as one batched operation per call.
+
+The loop owns what is common to every method: looking the method up, the bearer token, the
+per-worker admission limit (`--max-concurrent-rpcs`), deadlines and cancellation, stream
+windows, health Watch subscribers, and the metrics of every call. Adapters only convert.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import grpc
+
+from service.server import metrics
+from service.server.errors import InferenceError, Overloaded
+from service.server.grpc_api.auth import REFUSAL
+from service.server.grpc_api.health import Health
+from service.server.grpc_api.methods import Kind, Method, Pending
+from service.server.grpc_api.status import status_of
+from service.server.grpc_api.transport import Call, CallArrived, CallFinished, CoreServer, MessageReceived
+
+if TYPE_CHECKING:
+    from service.server.batcher import Ticket
+    from service.server.core import InferenceCore
+
+log = logging.getLogger(__name__)
+
+STREAM_WINDOW = 64      # messages of one stream computed concurrently; more wait to be read
+IDLE_POLL = 0.5         # seconds a turn waits for an event when nothing is queued
+SHUTTING_DOWN = "server is shutting down"
+
+
+class _CallState:
+    """What the loop remembers of one call (kept in `Call.user_data`)."""
+
+    __slots__ = ("method", "start", "ticket", "finished", "counted", "open", "half_closed", "reading", "closing")
+
+    def __init__(self, method: Method) -> None:
+        self.method = method
+        self.start = time.perf_counter()
+        self.ticket: Ticket | None = None   # a unary call's queued inference
+        self.finished = False                # status sent (or the call ended): observed once
+        self.counted = False                 # counted in flight (unary calls)
+        self.open: set[_Message] = set()     # a stream's messages being answered
+        self.half_closed = False             # a stream's client sent its last message
+        self.reading = False                 # a stream's read is outstanding
+        self.closing = False                 # a stream finishes once its open messages are answered
+
+
+class _Message:
+    """One message of a stream: timed and counted like a unary call of the same method."""
+
+    __slots__ = ("start", "ticket", "data")
+
+    def __init__(self, data: bytes) -> None:
+        self.start = time.perf_counter()
+        self.ticket: Ticket | None = None
+        self.data = data
+
+
+class ServingLoop:
+    def __init__(self, transport: CoreServer, core: InferenceCore, methods: list[Method], health: Health,
+                 token: bytes | None, max_concurrent_calls: int) -> None:
+        self._transport = transport
+        self._core = core
+        self._methods = {m.path: m for m in methods}
+        self._observers = {m.path: metrics.RequestObserver(*m.observed) for m in methods if m.observed}
+        self._health = health
+        self._expected_authorization = b"Bearer " + token if token else None
+        self._limit = max_concurrent_calls
+        self._draining = False
+        self._streams: set[Call] = set()
+
+    # -- turns -----------------------------------------------------------------------------
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        """Serves until `should_stop()` is true (checked at least every IDLE_POLL seconds)."""
+        while not should_stop():
+            due = self._core.next_due()
+            timeout = IDLE_POLL if due is None else max(0.0, due - time.monotonic())
+            self.handle(self._transport.poll(timeout))
+
+    def handle(self, events: list) -> None:
+        """One turn: every event, then one compute for everything that became ready."""
+        for event in events:
+            kind = type(event)
+            try:
+                if kind is MessageReceived:
+                    self._on_message(event.call, event.data)
+                elif kind is CallArrived:
+                    self._on_arrival(event.call)
+                elif kind is CallFinished:
+                    self._on_finished(event.call, event.cancelled)
+            except Exception as exc:  # noqa: BLE001 - a bug of ours fails this call, not the worker
+                code, message = status_of(exc)
+                event.call.fail(code, message)
+        self._core.compute_due()
+
+    def set_serving(self, serving: bool) -> None:
+        """Health for every service, told to every Watch subscriber."""
+        for call, reply in self._health.set_serving(serving):
+            call.send(reply)
+
+    def drain(self, grace: float) -> None:
+        """NOT_SERVING; then new calls get UNAVAILABLE while in-flight ones finish (at most `grace`
+        seconds; streams end once their open messages are answered), and the transport shuts
+        down in the order that leaves no client a CANCELLED (see `transport`)."""
+        self._draining = True
+        self.set_serving(False)
+        for call in self._health.watchers():
+            self._health.unwatch(call)
+            call.finish(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        self._transport.shutdown(grace, self._drain_turn)
+        self._transport.close()
+
+    def _drain_turn(self, events: list) -> None:
+        self.handle(events)
+        for call in list(self._streams):
+            state = call.user_data
+            if not state.closing:
+                state.closing = True
+                self._maybe_finish_stream(call, state)
+
+    # -- events ----------------------------------------------------------------------------
+    def _on_arrival(self, call: Call) -> None:
+        method = self._methods.get(call.method)
+        if method is None:
+            call.fail(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {call.method}")
+            return
+        if method.protected and self._expected_authorization is not None and not self._authorised(call):
+            call.fail(grpc.StatusCode.UNAUTHENTICATED, REFUSAL)
+            return
+        state = _CallState(method)
+        call.user_data = state
+        if method.kind is Kind.UNARY and method.observed:
+            metrics.request_started()
+            state.counted = True
+            if metrics.inflight() > self._limit:
+                self._fail(call, state, self._overloaded())
+                return
+        if method.kind is Kind.STREAM:
+            self._streams.add(call)
+            state.reading = True
+        call.read()
+
+    def _authorised(self, call: Call) -> bool:
+        given = next((value for key, value in call.metadata if key == "authorization"), "")
+        given = given.encode() if isinstance(given, str) else given
+        return hmac.compare_digest(given, self._expected_authorization)
+
+    def _on_message(self, call: Call, data: bytes | None) -> None:
+        state: _CallState | None = call.user_data
+        if state is None:
+            return
+        kind = state.method.kind
+        if kind is Kind.UNARY:
+            self._unary_message(call, state, data)
+        elif kind is Kind.STREAM:
+            state.reading = False
+            if data is None:
+                state.half_closed = state.closing = True
+                self._maybe_finish_stream(call, state)
+            else:
+                self._stream_message(call, state, data)
+                self._read_more(call, state)
+        elif data is not None:  # Kind.WATCH: its one request; nothing more is read
+            try:
+                call.send(self._health.watch(call, data))
+            except InferenceError as exc:
+                call.fail(*status_of(exc))
+
+    def _on_finished(self, call: Call, cancelled: bool) -> None:
+        state: _CallState | None = call.user_data
+        if state is None:
+            return
+        self._health.unwatch(call)
+        self._streams.discard(call)
+        code = "DEADLINE_EXCEEDED" if call.deadline is not None and time.monotonic() >= call.deadline \
+            else "CANCELLED"
+        for message in list(state.open):
+            if message.ticket is not None:
+                message.ticket.cancel()
+            self._end_message(state, message, code)
+        if state.method.kind is Kind.UNARY and not state.finished:
+            if state.ticket is not None:
+                state.ticket.cancel()
+            self._observe(state, code if cancelled else "OK")
+        state.finished = True
+
+    # -- unary -----------------------------------------------------------------------------
+    def _unary_message(self, call: Call, state: _CallState, data: bytes | None) -> None:
+        if data is None:
+            self._fail(call, state, InferenceError("the client sent no request message"))
+            return
+        try:
+            answer = state.method.handle(data, call.deadline)
+            if type(answer) is bytes:
+                self._reply(call, state, answer)
+                return
+
+            def done(result, error: InferenceError | None, encode=answer.encode) -> None:
+                if error is not None:
+                    self._fail(call, state, error)
+                    return
+                try:
+                    reply = encode(result)
+                except Exception as exc:  # noqa: BLE001
+                    self._fail(call, state, exc)
+                    return
+                self._reply(call, state, reply)
+
+            state.ticket = self._core.submit(answer.request, done)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a precise status
+            self._fail(call, state, exc)
+
+    def _reply(self, call: Call, state: _CallState, reply: bytes) -> None:
+        call.reply(reply)
+        self._observe(state, "OK")
+
+    def _fail(self, call: Call, state: _CallState, exc: BaseException) -> None:
+        code, message = status_of(exc)
+        call.fail(code, message)
+        self._observe(state, code.name)
+
+    def _observe(self, state: _CallState, code: str) -> None:
+        if state.finished:
+            return
+        state.finished = True
+        if state.counted:
+            metrics.request_finished()
+        observer = self._observers.get(state.method.path)
+        if observer is not None:
+            observer(code, time.perf_counter() - state.start)
+
+    def _overloaded(self) -> Overloaded:
+        return Overloaded(f"server is handling its limit of {self._limit} calls (--max-concurrent-rpcs); "
+                          "retry with backoff or add replicas")
+
+    # -- streams ---------------------------------------------------------------------------
+    def _stream_message(self, call: Call, state: _CallState, data: bytes) -> None:
+        method = state.method
+        message = _Message(data)
+        state.open.add(message)
+        observed = method.observed is not None
+        if observed:
+            metrics.request_started()
+        try:
+            if self._draining:
+                raise _Unavailable()
+            if observed and metrics.inflight() > self._limit:
+                raise self._overloaded()
+            answer = method.handle(data, call.deadline)
+            if type(answer) is bytes:
+                self._stream_reply(call, state, message, answer, "OK")
+                return
+            message.ticket = self._core.submit(answer.request, self._stream_done(call, state, message, answer))
+        except Exception as exc:  # noqa: BLE001 - becomes this message's error, not the stream's
+            self._stream_failure(call, state, message, exc)
+
+    def _stream_done(self, call: Call, state: _CallState, message: _Message, answer: Pending):
+        def done(result, error: InferenceError | None) -> None:
+            if error is not None:
+                self._stream_failure(call, state, message, error)
+                return
+            try:
+                reply = answer.encode(result)
+            except Exception as exc:  # noqa: BLE001
+                self._stream_failure(call, state, message, exc)
+                return
+            self._stream_reply(call, state, message, reply, "OK")
+
+        return done
+
+    def _stream_failure(self, call: Call, state: _CallState, message: _Message, exc: BaseException) -> None:
+        if isinstance(exc, _Unavailable):
+            code, text = grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN
+        else:
+            code, text = status_of(exc)
+        self._stream_reply(call, state, message, state.method.stream_error(message.data, code.name, text), code.name)
+
+    def _stream_reply(self, call: Call, state: _CallState, message: _Message, reply: bytes, code: str) -> None:
+        if message not in state.open:
+            return
+        call.send(reply)
+        self._end_message(state, message, code)
+        self._read_more(call, state)
+        self._maybe_finish_stream(call, state)
+
+    def _end_message(self, state: _CallState, message: _Message, code: str) -> None:
+        state.open.discard(message)
+        if state.method.observed is None:
+            return
+        metrics.request_finished()
+        self._observers[state.method.path](code, time.perf_counter() - message.start)
+
+    def _read_more(self, call: Call, state: _CallState) -> None:
+        if not (state.reading or state.half_closed or state.closing) and len(state.open) < STREAM_WINDOW:
+            state.reading = True
+            call.read()
+
+    def _maybe_finish_stream(self, call: Call, state: _CallState) -> None:
+        if state.closing and not state.open and not state.finished:
+            state.finished = True
+            if state.half_closed:
+                call.finish()
+            else:
+                call.finish(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+
+
+class _Unavailable(Exception):
+    """A stream message that arrived while the worker drains."""
