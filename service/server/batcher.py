@@ -14,6 +14,7 @@ Not thread-safe: one serving loop owns a batcher.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import numpy as np
 from service.server import metrics
 from service.server.errors import DeadlineExpired, InferenceError, Overloaded
 
+log = logging.getLogger(__name__)
 RunFn = Callable[[np.ndarray, tuple[str, ...]], list[np.ndarray]]
 # Called once per request: its outputs in the order asked for, or the error that ended it.
 DoneFn = Callable[[list[np.ndarray] | None, InferenceError | None], None]
@@ -139,6 +141,7 @@ class Batcher:
         try:
             results = self._run(pixels, names)
         except Exception as exc:  # onnxruntime raises its own unrelated exception types
+            log.error("model execution failed for a batch of %d images: %s", len(pixels), exc)
             raise InferenceError(f"model execution failed: {exc}") from exc
         metrics.observe_compute(time.perf_counter() - start, len(pixels))
         return results

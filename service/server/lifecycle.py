@@ -106,7 +106,8 @@ def serve(config: ServeConfig, on_ready: Callable[[int], None] | None = None) ->
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: process.request_stop())
         port = process.start()
-    except (ModelLoadError, ModelNotFound, security.SecurityConfigError, OSError, RuntimeError) as exc:
+    except (ModelLoadError, ModelNotFound, security.SecurityConfigError, OSError,
+            transport.UnsupportedGrpcio) as exc:
         log.error("cannot start: %s", exc)
         return 2
     if on_ready is not None:

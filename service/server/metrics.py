@@ -8,7 +8,7 @@ only by that worker's request thread and summed by whoever collects (the supervi
 with `--workers N`). An observation is two additions to plain numbers, no lock: prometheus-client's
 multiprocess values take a lock, check the pid and pack into an mmap on every update (about
 1.3 µs each, a dozen per request), which was the largest part of our p50 overhead at one image
-per call. Model versions (name, version, SHA-256) sit in a small shared table beside the rows, so
+per call. Model versions (name, version, SHA-256) sit in a small table beside each row, so
 images-by-version and model info need no prometheus-client multiprocess mode either.
 
 Importing this module maps nothing and registers nothing. Until the lifecycle code calls
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import mmap
-import multiprocessing
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
@@ -110,15 +109,14 @@ ROW_CELLS = _layout.cells
 
 
 class _Block:
-    """Rows of cells, then the version table. Shared between processes when mapped before fork."""
+    """Rows of cells, then each row's own version table. Shared between processes when mapped
+    before fork; every row and its table have one writer (their worker), so nothing is locked."""
 
     def __init__(self, rows: int, shared: bool) -> None:
         self.rows = rows
         self.cells_bytes = rows * ROW_CELLS * 8
-        size = self.cells_bytes + VERSION_SLOTS * _ENTRY_BYTES
+        size = self.cells_bytes + rows * VERSION_SLOTS * _ENTRY_BYTES
         self.memory = mmap.mmap(-1, size) if shared else bytearray(size)  # zero-filled either way
-        # Only `model_installed` (once per load) takes it, never the request path.
-        self.table_lock = multiprocessing.Lock() if shared else None
 
     def row(self, slot: int) -> memoryview:
         start = slot * ROW_CELLS * 8
@@ -127,15 +125,15 @@ class _Block:
     def rows_array(self) -> np.ndarray:
         return np.frombuffer(self.memory, dtype=np.float64, count=self.rows * ROW_CELLS).reshape(self.rows, ROW_CELLS)
 
-    def entry(self, index: int) -> memoryview:
-        start = self.cells_bytes + index * _ENTRY_BYTES
+    def _entry(self, slot: int, index: int) -> memoryview:
+        start = self.cells_bytes + (slot * VERSION_SLOTS + index) * _ENTRY_BYTES
         return memoryview(self.memory)[start:start + _ENTRY_BYTES]
 
-    def entries(self) -> list[tuple[str, str, str]]:
-        """(model, version, sha256 hex) of every version this block has labelled, in table order."""
+    def entries(self, slot: int) -> list[tuple[str, str, str]]:
+        """(model, version, sha256 hex) of every version row `slot` has labelled, in table order."""
         found = []
         for index in range(VERSION_SLOTS):
-            entry = bytes(self.entry(index))
+            entry = bytes(self._entry(slot, index))
             if not entry[0]:
                 break
             name = entry[:_NAME_BYTES].rstrip(b"\0").decode()
@@ -143,38 +141,39 @@ class _Block:
             found.append((name, version, entry[_NAME_BYTES + _VERSION_BYTES:].hex()))
         return found
 
-    def find_or_add(self, name: str, version: str, sha256: str) -> int | None:
-        """The table index of this model version, added if new; None when the table is full."""
+    def find_or_add(self, slot: int, name: str, version: str, sha256: str) -> int | None:
+        """The index of this model version in row `slot`'s table, added if new; None when full."""
         wanted = (name, version, sha256)
-        entries = self.entries()
+        entries = self.entries(slot)
         if wanted in entries:
             return entries.index(wanted)
         if len(entries) == VERSION_SLOTS:
             return None
         record = (name.encode()[:_NAME_BYTES].ljust(_NAME_BYTES, b"\0")
                   + version.encode()[:_VERSION_BYTES].ljust(_VERSION_BYTES, b"\0") + bytes.fromhex(sha256))
-        self.entry(len(entries))[:] = record
+        self._entry(slot, len(entries))[:] = record
         return len(entries)
 
 
 _block = _Block(1, shared=False)   # this process alone until `map_shared`
-_cells = _block.row(0)             # this process's row: the request path's only write target
+_slot = 0                          # this process's row
+_cells = _block.row(0)             # ... as cells: the request path's only write target
 _answered_before = 0.0             # OK calls already in this row when the process took it over
 
 
 def map_shared(rows: int) -> None:
     """Maps one shared row per worker slot; the supervisor calls it before any worker forks.
     A single-process server keeps its private row."""
-    global _block, _cells
+    global _block, _cells, _slot
     _block = _Block(rows, shared=True)
-    _cells = _block.row(0)
+    _slot, _cells = 0, _block.row(0)
 
 
 def use_slot(slot: int) -> None:
     """Called in a worker after fork. A replacement takes over its predecessor's row, so counters
     stay monotonic; only the in-flight gauge and the served version restart."""
-    global _cells, _answered_before
-    _cells = _block.row(slot)
+    global _cells, _answered_before, _slot
+    _slot, _cells = slot, _block.row(slot)
     _cells[_INFLIGHT] = 0.0
     _cells[_SERVING] = 0.0
     _answered_before = _answered(_cells)
@@ -190,14 +189,7 @@ def worker_exited(slot: int) -> None:
 def model_installed(name: str, version: str, sha256: str) -> Callable[[int], None]:
     """Records that this worker now serves this model version (model info) and returns the function
     that counts its classified images."""
-    lock = _block.table_lock
-    if lock is not None:
-        lock.acquire()
-    try:
-        index = _block.find_or_add(name, version, sha256)
-    finally:
-        if lock is not None:
-            lock.release()
+    index = _block.find_or_add(_slot, name, version, sha256)
     if index is None:
         log.warning("metrics label %d model versions at most; images of version %s are not counted",
                     VERSION_SLOTS, version)
@@ -291,13 +283,17 @@ class SharedCollector:
         info = GaugeMetricFamily(f"{PREFIX}_model_info",
                                  "The model being served (value 1): name, version and SHA-256 of model.onnx.",
                                  labels=["model", "version", "sha256"])
-        serving = set(rows[:, _SERVING].astype(int).tolist())
-        by_version: dict[str, float] = {}  # a file replaced in place: one version, two digests
-        for index, (name, version, sha256) in enumerate(_block.entries()):
-            by_version[version] = by_version.get(version, 0.0) + float(row[_IMAGES + index])
-            info.add_metric([name, version, sha256], 1.0 if index + 1 in serving else 0.0)
+        by_version: dict[str, float] = {}          # a file replaced in place: one version, two digests
+        served: dict[tuple[str, str, str], float] = {}
+        for slot in range(_block.rows):
+            serving = int(rows[slot, _SERVING])
+            for index, model in enumerate(_block.entries(slot)):
+                by_version[model[1]] = by_version.get(model[1], 0.0) + float(rows[slot, _IMAGES + index])
+                served[model] = max(served.get(model, 0.0), 1.0 if index + 1 == serving else 0.0)
         for version, count in by_version.items():
             images.add_metric([version], count)
+        for model, value in served.items():
+            info.add_metric(list(model), value)
         yield images
         yield info
 

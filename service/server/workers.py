@@ -51,6 +51,13 @@ class Supervisor:
             log.error("cannot start: cannot bind %s:%d: %s", self.config.host, self.config.port, exc)
             return 2
         self.config = replace(self.config, port=holder.getsockname()[1])
+        try:  # bound before any worker exists, so a taken port leaves nothing behind
+            httpd = self._metrics_server()
+        except OSError as exc:
+            log.error("cannot start: metrics port %d: %s", self.config.metrics_port, exc)
+            holder.close()
+            return 2
+        self._listening = httpd.socket
         ready_read, self._ready_write = os.pipe()
         metrics.map_shared(self.config.workers)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -60,7 +67,6 @@ class Supervisor:
         if not self._wait_ready(ready_read):
             self._stop_children(grace=5.0)
             return 2
-        httpd = self._metrics_server()
         lifecycle.announce(self.config, self.config.port, httpd.server_port)
         while not self._stopping:
             httpd.handle_request()  # returns after httpd.timeout at the latest
@@ -80,6 +86,7 @@ class Supervisor:
             return
         code = 2
         try:
+            self._listening.close()  # the supervisor's /metrics socket is not the worker's to hold
             for sig in (signal.SIGTERM, signal.SIGINT):  # until the server installs its own handlers,
                 signal.signal(sig, _exit_cleanly)         # a stop finds nothing in flight
             code = _worker_main(self.config, index, self._ready_write)

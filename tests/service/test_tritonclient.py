@@ -31,3 +31,9 @@ def test_tritonclient_metadata_readiness_and_inference(server, offline):
             np.testing.assert_allclose(np.array(seen[datatype][name]), expected[name], atol=1e-5)
     assert seen["unknown_model"]["status"] == "StatusCode.NOT_FOUND"
     assert "no_such_model" in seen["unknown_model"]["message"]
+    stream = seen["stream"]
+    assert sorted(stream["answers"]) == [f"r{i}" for i in range(5)]
+    for i in range(5):
+        np.testing.assert_allclose(np.array(stream["answers"][f"r{i}"]), expected["probabilities"][i:i + 1],
+                                   atol=1e-5)
+    assert len(stream["errors"]) == 1 and "shape [1, 783]" in stream["errors"][0], stream["errors"]

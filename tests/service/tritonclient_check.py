@@ -7,6 +7,7 @@ Runs in its own process: tritonclient's generated modules and ours both define p
 from __future__ import annotations
 
 import json
+import queue
 import sys
 
 import numpy as np
@@ -37,6 +38,29 @@ def main(address: str) -> dict:
         client.infer("no_such_model", [tensor])
     except InferenceServerException as exc:
         seen["unknown_model"] = {"status": exc.status(), "message": exc.message()}
+    seen["stream"] = stream(client, images)
+    return seen
+
+
+def stream(client: triton.InferenceServerClient, images: np.ndarray) -> dict:
+    """Triton's ModelStreamInfer through start_stream: one answer per request, errors in-band."""
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    for i in range(5):
+        tensor = triton.InferInput("pixels", [1, 784], "UINT8")
+        tensor.set_data_from_numpy(images[i:i + 1])
+        client.async_stream_infer("mnist_mlp", [tensor], request_id=f"r{i}",
+                                  outputs=[triton.InferRequestedOutput("probabilities")])
+    client.async_stream_infer("mnist_mlp", [triton.InferInput("pixels", [1, 783], "UINT8")
+                                            .set_data_from_numpy(images[:1, :783])], request_id="bad")
+    seen: dict = {"answers": {}, "errors": []}
+    for _ in range(6):
+        result, error = answers.get(timeout=30)
+        if error is not None:
+            seen["errors"].append(str(error))
+        else:
+            seen["answers"][result.get_response().id] = result.as_numpy("probabilities").tolist()
+    client.stop_stream()
     return seen
 
 

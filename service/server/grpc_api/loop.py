@@ -70,7 +70,7 @@ class _Message:
 
 class ServingLoop:
     def __init__(self, transport: CoreServer, core: InferenceCore, methods: list[Method], health: Health,
-                 token: bytes | None, max_concurrent_calls: int) -> None:
+                 token: bytes | None, max_concurrent_calls: int, max_send_bytes: int) -> None:
         self._transport = transport
         self._core = core
         self._methods = {m.path: m for m in methods}
@@ -78,6 +78,7 @@ class ServingLoop:
         self._health = health
         self._expected_authorization = b"Bearer " + token if token else None
         self._limit = max_concurrent_calls
+        self._max_send = max_send_bytes
         self._draining = False
         self._streams: set[Call] = set()
 
@@ -223,8 +224,15 @@ class ServingLoop:
             self._fail(call, state, exc)
 
     def _reply(self, call: Call, state: _CallState, reply: bytes) -> None:
+        if len(reply) > self._max_send:
+            self._fail(call, state, self._too_large(len(reply)))
+            return
         call.reply(reply)
         self._observe(state, "OK")
+
+    def _too_large(self, size: int) -> Overloaded:
+        return Overloaded(f"response of {size} bytes exceeds the server's limit of {self._max_send} "
+                          "(--max-send-message-bytes); send fewer images per request")
 
     def _fail(self, call: Call, state: _CallState, exc: BaseException) -> None:
         code, message = status_of(exc)
@@ -289,6 +297,9 @@ class ServingLoop:
 
     def _stream_reply(self, call: Call, state: _CallState, message: _Message, reply: bytes, code: str) -> None:
         if message not in state.open:
+            return
+        if len(reply) > self._max_send:
+            self._stream_failure(call, state, message, self._too_large(len(reply)))
             return
         call.send(reply)
         self._end_message(state, message, code)

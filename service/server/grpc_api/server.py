@@ -48,6 +48,7 @@ def build(config: ServeConfig, core: InferenceCore, is_serving: Callable[[], boo
     reflection = Reflection([DIGITS_SERVICE, KSERVE_SERVICE, HEALTH_SERVICE])
     methods = [*DigitsV1(core).methods(), *KServeV2(core, is_serving).methods(), *health.methods(),
                *reflection.methods()]
-    loop = ServingLoop(transport, core, methods, health, token, config.max_concurrent_rpcs)
+    loop = ServingLoop(transport, core, methods, health, token, config.max_concurrent_rpcs,
+                       config.max_send_message_bytes)
     port = transport.add_port(f"{config.host}:{config.port}", auth.server_credentials(tls))
     return transport, loop, port

@@ -76,8 +76,12 @@ _FAR_FUTURE = 1e15  # the core's "no deadline" comes back as ~9e18 s
 ChannelOption = Tuple[str, Union[int, str, bytes]]
 
 
+class UnsupportedGrpcio(RuntimeError):
+    """The installed grpcio lacks an internal this module drives (its message is one line)."""
+
+
 def check_grpcio() -> str:
-    """Fails with a one-line RuntimeError unless grpcio has every internal this module uses."""
+    """Fails with a one-line UnsupportedGrpcio unless grpcio has every internal this module uses."""
     needed = {
         "Server": ("register_completion_queue", "add_http2_port", "start", "request_call",
                    "shutdown", "cancel_all_calls", "destroy"),
@@ -96,13 +100,13 @@ def check_grpcio() -> str:
         obj = getattr(cygrpc, cls, None)
         missing = [a for a in attrs if obj is not None and not hasattr(obj, a)]
         if obj is None or missing:
-            raise RuntimeError(f"grpcio {grpc.__version__} lacks cygrpc.{cls}"
+            raise UnsupportedGrpcio(f"grpcio {grpc.__version__} lacks cygrpc.{cls}"
                                f"{'.' + missing[0] if missing else ''} (core_loop is tested with "
                                f"grpcio {TESTED_GRPCIO}.x)")
     try:
         cygrpc.Server((), False).destroy()
     except TypeError as exc:
-        raise RuntimeError(f"grpcio {grpc.__version__}: cygrpc.Server(options, xds) signature "
+        raise UnsupportedGrpcio(f"grpcio {grpc.__version__}: cygrpc.Server(options, xds) signature "
                            f"changed ({exc}); core_loop is tested with {TESTED_GRPCIO}.x") from None
     return grpc.__version__
 
@@ -328,7 +332,7 @@ class CoreServer:
         if credentials is not None:
             core_creds = getattr(credentials, "_credentials", None)
             if core_creds is None:
-                raise RuntimeError("grpc.ServerCredentials has no _credentials: unsupported grpcio")
+                raise UnsupportedGrpcio(f"grpcio {grpc.__version__}: grpc.ServerCredentials has no _credentials")
         port = self._server.add_http2_port(address.encode(), core_creds)
         if not port:
             raise OSError(f"cannot bind {address}")

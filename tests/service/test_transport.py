@@ -1,0 +1,151 @@
+"""The transport on grpcio's core: precise statuses under overload and drain, and its start-up check.
+
+gRPC core itself answers CANCELLED to calls it kills (a backlog it sheds, calls that reach a
+server after its shutdown); these tests hold the server to answering every call itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import threading
+import time
+from collections import Counter
+
+import grpc
+from grpc_reflection.v1alpha import reflection_pb2
+
+from service.generated.digits.v1 import digits_pb2 as pb
+from service.generated.digits.v1 import digits_pb2_grpc as pb_grpc
+from tests.service.mnist_images import mnist_test_images
+from tests.service.server_process import RunningServer
+
+ONE = pb.ClassifyRequest(pixel_format=pb.PIXEL_FORMAT_UINT8, pixels=mnist_test_images()[:1].tobytes())
+ANSWERED = re.compile(r"stopped after answering (\d+) inference calls successfully")
+
+
+async def burst(address: str, calls: int) -> Counter:
+    statuses: Counter = Counter()
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.DigitClassifierStub(channel)
+
+        async def one() -> None:
+            try:
+                await stub.Classify(ONE, timeout=30)
+                statuses["OK"] += 1
+            except grpc.aio.AioRpcError as exc:
+                statuses[exc.code().name] += 1
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    assert "limit of 64 calls (--max-concurrent-rpcs)" in exc.details()
+
+        await asyncio.gather(*(one() for _ in range(calls)))
+    return statuses
+
+
+def test_a_burst_far_over_the_limit_gets_only_ok_or_resource_exhausted():
+    # a 20 ms batching window keeps calls in flight, so the 64-call limit binds
+    server = RunningServer("--workers", "1", "--max-concurrent-rpcs", "64", "--max-queue-delay-us", "20000")
+    try:
+        statuses = asyncio.run(burst(server.address, 2000))
+        print(f"2,000 calls at once: {dict(statuses)}")
+        assert set(statuses) <= {"OK", "RESOURCE_EXHAUSTED"}, statuses
+        assert statuses["OK"] > 0 and statuses["RESOURCE_EXHAUSTED"] > 0
+        with grpc.insecure_channel(server.address) as channel:  # and it answers normally right after
+            assert len(pb_grpc.DigitClassifierStub(channel).Classify(ONE, timeout=10).predictions) == 1
+    finally:
+        assert server.stop() == 0
+
+
+def hammer(address: str, stop: threading.Event, statuses: Counter, lock: threading.Lock) -> None:
+    """One client thread: calls back to back until told to stop, counting every outcome."""
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.DigitClassifierStub(channel)
+        while not stop.is_set():
+            try:
+                stub.Classify(ONE, timeout=10)
+                code = "OK"
+            except grpc.RpcError as exc:
+                code = exc.code().name
+            with lock:
+                statuses[code] += 1
+
+
+def test_sigterm_under_sustained_load_answers_every_call_ok_or_unavailable():
+    for workers in ("1", "2"):
+        server = RunningServer("--workers", workers, "--grace-period", "10")
+        statuses: Counter = Counter()
+        lock, stop = threading.Lock(), threading.Event()
+        threads = [threading.Thread(target=hammer, args=(server.address, stop, statuses, lock)) for _ in range(16)]
+        try:
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 30
+            while statuses["OK"] < 500 and time.monotonic() < deadline:  # load is flowing
+                time.sleep(0.05)
+            assert statuses["OK"] >= 500, statuses
+            server.signal()
+            assert server.wait_exit(30) == 0, server.log
+            time.sleep(0.3)  # clients keep calling the departed server: still no CANCELLED
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(30)
+            server.stop()
+        print(f"--workers {workers}: {dict(statuses)}")
+        assert set(statuses) <= {"OK", "UNAVAILABLE"}, statuses
+        assert statuses["UNAVAILABLE"] > 0
+        counted = sum(int(n) for n in ANSWERED.findall(server.log))
+        assert len(ANSWERED.findall(server.log)) == int(workers)
+        assert counted == statuses["OK"], (counted, dict(statuses))
+
+
+def test_reflection_v1_lists_the_services_like_v1alpha(server):
+    request = reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
+    with grpc.insecure_channel(server.address) as channel:
+        for version in ("v1", "v1alpha"):
+            call = channel.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo")
+            (reply,) = list(call(iter([request]), timeout=10))
+            names = {s.name for s in reflection_pb2.ServerReflectionResponse.FromString(reply)
+                     .list_services_response.service}
+            assert {"digits.v1.DigitClassifier", "inference.GRPCInferenceService", "grpc.health.v1.Health",
+                    "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+def test_unknown_method_is_unimplemented(channel):
+    call = channel.unary_unary("/digits.v1.DigitClassifier/NoSuchMethod")
+    try:
+        call(b"", timeout=10)
+        raise AssertionError("an unknown method was answered")
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "/digits.v1.DigitClassifier/NoSuchMethod" in exc.details()
+
+
+def test_a_grpcio_without_the_internals_it_needs_stops_start_up_with_one_line(tmp_path):
+    # sitecustomize runs before the server: it removes one piece of grpcio's internal layer
+    (tmp_path / "sitecustomize.py").write_text("from grpc._cython import cygrpc\ndel cygrpc.CompletionQueue\n")
+    server = RunningServer("--workers", "1", env={"PYTHONPATH": f"{tmp_path}:{sys.path[0]}"}, wait=False)
+    assert server.wait_exit(60) == 2, server.log
+    errors = [line for line in server.log.splitlines() if "cannot start" in line]
+    assert len(errors) == 1 and "CompletionQueue" in errors[0] and "grpcio" in errors[0], server.log
+
+
+def test_a_response_over_the_send_limit_is_refused_precisely_and_counted_so():
+    server = RunningServer("--workers", "1", "--max-send-message-bytes", "2000")
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.DigitClassifierStub(channel)
+            assert len(stub.Classify(ONE, timeout=10).predictions) == 1  # a small answer fits
+            many = pb.ClassifyRequest(pixel_format=pb.PIXEL_FORMAT_UINT8, include_activations=True,
+                                      pixels=mnist_test_images()[:20].tobytes())
+            try:
+                stub.Classify(many, timeout=10)
+                raise AssertionError("an answer over --max-send-message-bytes was sent")
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "exceeds the server's limit of 2000 (--max-send-message-bytes)" in exc.details()
+        assert server.metric("digits_requests_total", 'code="RESOURCE_EXHAUSTED"') == 1
+        assert server.metric("digits_requests_total", 'code="OK"') == 1
+    finally:
+        assert server.stop() == 0
