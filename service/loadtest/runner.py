@@ -13,6 +13,7 @@ import queue
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +26,9 @@ PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999))
 _START_MARGIN_S = 0.05
 _CONNECT_GRACE_S = 30.0
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # where `service` can be imported from
+
+# on_window(measure_start, measure_end, client_pids): the measured window in `clock()` time.
+WindowObserver = Callable[[float, float, list[int]], None]
 
 
 def split_plans(config: LoadConfig) -> list[ProcessPlan]:
@@ -88,8 +92,15 @@ class _Client:
         self._reader.join(timeout=5)
 
 
-def run_load(config: LoadConfig) -> dict:
-    """Runs `config` to completion and returns the merged result (see `summarise`)."""
+def run_load(config: LoadConfig, on_window: WindowObserver | None = None) -> dict:
+    """Runs `config` to completion and returns the merged result (see `summarise`).
+
+    `on_window`, if given, is called once every client process has been told when to start, with
+    the measured window (`clock()` times, after the warm-up) and the client processes' ids. Only
+    this function knows where the warm-up ends, so a caller that wants resource use over the
+    measured requests alone (server CPU, the clients' own CPU) learns it here. It must return at
+    once (start a thread to take readings at those instants): the clients are already running.
+    """
     config.validate()
     clients: list[_Client] = []
     try:
@@ -102,6 +113,8 @@ def run_load(config: LoadConfig) -> dict:
         measure_start = clock() + _START_MARGIN_S + config.warmup_s
         for client in clients:
             client.send(measure_start)
+        if on_window is not None:
+            on_window(measure_start, measure_start + config.duration_s, [client.process.pid for client in clients])
         limit = config.warmup_s + config.duration_s + 2 * config.timeout_s + _CONNECT_GRACE_S
         results = []
         for client in clients:

@@ -11,6 +11,7 @@ in N forked workers.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -91,14 +92,16 @@ class ServerProcess:
         self._loop.run(self._stop.is_set)
         log.info("draining: NOT_SERVING, refusing new RPCs, %.1f s for in-flight ones", self.config.grace_period)
         self._serving = False
-        self._loop.drain(self.config.grace_period)
+        if not self._loop.drain(self.config.grace_period):
+            log.warning("grace period over with calls still in flight; their clients get UNAVAILABLE")
         watcher.join()
         log.info("stopped after answering %d inference calls successfully", metrics.answered_calls())
 
 
 def serve(config: ServeConfig, on_ready: Callable[[int], None] | None = None) -> int:
-    """Runs one server process to completion (SIGTERM/SIGINT drain it); a start-up failure is one
-    log line and exit code 2. The caller has set up metrics (`serve_in_process` or the supervisor)."""
+    """Runs one server process to completion (SIGTERM/SIGINT drain it), which then exits with 0;
+    a start-up failure is one log line and returns 2. The caller has set up metrics
+    (`serve_in_process` or the supervisor)."""
     runtime.disable_telemetry()
     try:
         transport.check_grpcio()
@@ -113,7 +116,10 @@ def serve(config: ServeConfig, on_ready: Callable[[int], None] | None = None) ->
     if on_ready is not None:
         on_ready(port)
     process.serve_until_stopped()
-    return 0
+    # Leave without destroying the gRPC server: a core shutdown would answer CANCELLED to calls
+    # still on their way, whereas the connections the kernel closes now read UNAVAILABLE to them.
+    logging.shutdown()
+    os._exit(0)
 
 
 def serve_in_process(config: ServeConfig) -> int:

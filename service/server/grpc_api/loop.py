@@ -111,17 +111,16 @@ class ServingLoop:
         for call, reply in self._health.set_serving(serving):
             call.send(reply)
 
-    def drain(self, grace: float) -> None:
+    def drain(self, grace: float) -> bool:
         """NOT_SERVING; then new calls get UNAVAILABLE while in-flight ones finish (at most `grace`
-        seconds; streams end once their open messages are answered), and the transport shuts
-        down in the order that leaves no client a CANCELLED (see `transport`)."""
+        seconds; streams end once their open messages are answered). Returns whether everything
+        in flight finished; the caller then ends the process (see `transport` for why)."""
         self._draining = True
         self.set_serving(False)
         for call in self._health.watchers():
             self._health.unwatch(call)
             call.finish(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
-        self._transport.shutdown(grace, self._drain_turn)
-        self._transport.close()
+        return self._transport.drain(grace, self._drain_turn)
 
     def _drain_turn(self, events: list) -> None:
         self.handle(events)

@@ -30,8 +30,7 @@ Model (one thread owns everything; nothing here is thread-safe):
   of the call completed.
 
 grpcio internals used (check_grpcio() verifies them): ``cygrpc.Server(options, xds)``,
-``.register_completion_queue/.add_http2_port/.start/.request_call/.shutdown/.cancel_all_calls
-/.destroy``; ``cygrpc.CompletionQueue().poll(deadline)`` whose argument is an ABSOLUTE
+``.register_completion_queue/.add_http2_port/.start/.request_call``; ``cygrpc.CompletionQueue().poll(deadline)`` whose argument is an ABSOLUTE
 ``time.time()`` float (0 = non-blocking, None = forever; it wakes every 200 ms to run Python
 signal handlers); the event attributes ``completion_type, tag, success, call, call_details
 (.method, .deadline on the time.time() clock; the core keeps it on the monotonic clock and the
@@ -39,22 +38,16 @@ wrapper converts), invocation_metadata, batch_operations``; the ``*Operation`` c
 private ``grpc.ServerCredentials._credentials`` (the cygrpc credentials behind the public TLS
 object). Tested with grpcio 1.85.x.
 
-Shutdown order (CANCELLED counts per order in NOTES.md). A call that reaches the core after
-``grpc_server_shutdown_and_notify`` is killed by the core and its client sees CANCELLED; a
-call already matched survives shutdown and can still be answered. So nothing may be on the
-wire when the core shuts down, and the core shuts down last:
-  1. ``begin_drain()``: keep listening and requesting; answer new calls UNAVAILABLE "server is
-     shutting down" at once (clients fail over); in-flight calls finish, up to ``grace``.
-  2. ``begin_quiesce()``: park new calls unanswered until none arrived for ``quiet`` s: every
-     closed-loop client now waits on a parked call, so it sends nothing.
-  3. ``begin_shutdown()``: core shutdown -- stop listening, GOAWAY on every connection,
-     fail the outstanding request_calls.
-  4. after ``settle`` s (the GOAWAY is written before our answers), ``release_parked()``
-     answers the parked calls UNAVAILABLE; a client's next call sees the GOAWAY and cannot
-     reconnect: UNAVAILABLE. Once ``grace`` is over, ``cancel_all_calls()`` ends what is left.
-  5. poll until ``stopped``; ``close()``.
-``shutdown(grace, handle)`` runs exactly this sequence. Open-loop clients (new calls without
-waiting for answers) can still land in the window between steps 3 and 4's GOAWAY.
+Drain and exit, in the only order that leaves no client a CANCELLED. gRPC core answers CANCELLED
+(it kills the call as a zombie) to every call that reaches a server whose shutdown has begun,
+and to calls still unmatched at that moment; no timing after a core shutdown is safe, because
+a client may send a call before it reads the GOAWAY. A closed connection, by contrast, reads
+UNAVAILABLE to its client, which retries elsewhere. So the core is never shut down:
+  1. ``drain()``: keep listening and requesting calls; every new call is answered UNAVAILABLE
+     "server is shutting down" at once, while the calls in flight finish (at most ``grace`` s);
+  2. keep answering so for ``linger`` s, so the last replies leave the process;
+  3. the caller ends the process without destroying the server (``os._exit``): the kernel
+     closes every connection, and whatever a client had in transit fails UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -69,8 +62,8 @@ from grpc._cython import cygrpc
 TESTED_GRPCIO = "1.85"
 _OK = cygrpc.StatusCode.ok
 _OP_COMPLETE = cygrpc.CompletionType.operation_complete
-# Tag kinds. A tag is (kind, call) for batches, a bare kind for request/shutdown.
-_REQUEST, _SHUTDOWN, _RECV, _SEND, _FINAL, _CLOSE, _PREREAD = range(7)
+# Tag kinds. A tag is (kind, call) for batches, a bare kind for request_call.
+_REQUEST, _RECV, _SEND, _FINAL, _CLOSE, _PREREAD = range(6)
 _FAR_FUTURE = 1e15  # the core's "no deadline" comes back as ~9e18 s
 
 ChannelOption = Tuple[str, Union[int, str, bytes]]
@@ -83,9 +76,8 @@ class UnsupportedGrpcio(RuntimeError):
 def check_grpcio() -> str:
     """Fails with a one-line UnsupportedGrpcio unless grpcio has every internal this module uses."""
     needed = {
-        "Server": ("register_completion_queue", "add_http2_port", "start", "request_call",
-                   "shutdown", "cancel_all_calls", "destroy"),
-        "CompletionQueue": ("poll", "shutdown"),
+        "Server": ("register_completion_queue", "add_http2_port", "start", "request_call", "destroy"),
+        "CompletionQueue": ("poll",),
         "Call": ("start_server_batch", "cancel", "peer"),
         "RequestCallEvent": ("call", "call_details", "invocation_metadata", "success", "tag"),
         "BatchOperationEvent": ("batch_operations", "success", "tag", "completion_type"),
@@ -94,20 +86,20 @@ def check_grpcio() -> str:
         "ReceiveCloseOnServerOperation": ("cancelled",),
         "SendInitialMetadataOperation": (), "SendMessageOperation": (),
         "SendStatusFromServerOperation": (), "StatusCode": ("ok", "unavailable"),
-        "CompletionType": ("operation_complete", "queue_timeout", "queue_shutdown"),
+        "CompletionType": ("operation_complete",),
     }
     for cls, attrs in needed.items():
         obj = getattr(cygrpc, cls, None)
         missing = [a for a in attrs if obj is not None and not hasattr(obj, a)]
         if obj is None or missing:
             raise UnsupportedGrpcio(f"grpcio {grpc.__version__} lacks cygrpc.{cls}"
-                               f"{'.' + missing[0] if missing else ''} (core_loop is tested with "
-                               f"grpcio {TESTED_GRPCIO}.x)")
+                                    f"{'.' + missing[0] if missing else ''} (the serving loop is tested with "
+                                    f"grpcio {TESTED_GRPCIO}.x)")
     try:
         cygrpc.Server((), False).destroy()
     except TypeError as exc:
         raise UnsupportedGrpcio(f"grpcio {grpc.__version__}: cygrpc.Server(options, xds) signature "
-                           f"changed ({exc}); core_loop is tested with {TESTED_GRPCIO}.x") from None
+                                f"changed ({exc}); the serving loop is tested with {TESTED_GRPCIO}.x") from None
     return grpc.__version__
 
 
@@ -318,13 +310,6 @@ class CoreServer:
         self._calls: set = set()     # every live Call, including internal rejections
         self.active_calls = 0        # live calls handed to the application
         self.draining = False
-        self.shutting_down = False
-        self.last_arrival = 0.0      # monotonic time of the latest arrival while quiescing
-        self._parking = False
-        self._parked: list = []
-        self._core_down = False
-        self._started = False
-        self._destroyed = False
 
     def add_port(self, address: str, credentials: Optional[grpc.ServerCredentials] = None) -> int:
         """Binds ``address``; TLS/mTLS via the public grpc.ssl_server_credentials(...)."""
@@ -340,7 +325,6 @@ class CoreServer:
 
     def start(self) -> None:
         self._server.start()
-        self._started = True
         for _ in range(self._backlog):
             self._request()
 
@@ -359,84 +343,24 @@ class CoreServer:
         return out
 
     def begin_drain(self) -> None:
-        """Phase 1: answer new calls UNAVAILABLE at once (clients fail over); in-flight calls
+        """From now on answer new calls UNAVAILABLE at once (clients fail over); calls in flight
         continue. The core is untouched: still listening, calls still requested."""
         self.draining = True
 
-    def begin_quiesce(self) -> None:
-        """Phase 2: park new calls unanswered. A client blocked on a parked call sends nothing
-        more, so nothing can be on the wire when the core shuts down; matched calls survive
-        core shutdown, so the parked ones are answered UNAVAILABLE after the GOAWAY."""
-        self.draining = True
-        self._parking = True
-        self.last_arrival = time.monotonic()
-
-    def begin_shutdown(self, close_connections: bool = False) -> None:
-        """Phase 3: core shutdown -- stop listening, GOAWAY on every connection, fail the
-        outstanding request_calls. Calls reaching the core from now on are killed by it
-        (client sees CANCELLED). ``close_connections`` also cancel_all_calls(): every
-        connection is dropped and in-flight calls are cancelled (end of grace)."""
-        if self._started and not self.shutting_down:
-            self.draining = self.shutting_down = True
-            self._server.shutdown(self._cq, _SHUTDOWN)
-        if close_connections and self.shutting_down and not self._core_down:
-            self._server.cancel_all_calls()
-
-    def release_parked(self) -> None:
-        """Phase 4 (after the GOAWAY went out): answer parked calls UNAVAILABLE."""
-        self._parking = False
-        parked, self._parked = self._parked, []
-        for call in parked:
-            call.fail(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-
-    @property
-    def stopped(self) -> bool:
-        return self._core_down and not self._calls
-
-    def shutdown(self, grace: float, handle: Callable[[list], None], quiet: float = 0.02,
-                 settle: float = 0.05) -> None:
-        """The whole shutdown, events going to ``handle`` meanwhile (the application finishes
-        its in-flight calls there): drain until no call is in flight (at most ``grace`` s),
-        park new calls until none arrived for ``quiet`` s, core shutdown, wait ``settle`` s
-        for the GOAWAYs to be written ahead of our answers, release the parked calls, and
-        cancel whatever is still in flight once ``grace`` is over."""
+    def drain(self, grace: float, handle: Callable[[list], None], linger: float = 0.1) -> bool:
+        """Steps 1 and 2 of the module's drain order, events going to ``handle`` meanwhile (the
+        application finishes its calls there). Returns whether every call in flight finished
+        within ``grace``; either way the caller then ends the process."""
         now = time.monotonic
         end = now() + grace
         self.begin_drain()
         while self.active_calls and now() < end:
             handle(self.poll(min(0.05, max(0.0, end - now()))))
-        self.begin_quiesce()
-        quiet_end = max(end, now()) + 10 * quiet
-        while now() - self.last_arrival < quiet and now() < quiet_end:
-            handle(self.poll(quiet))
-        self.begin_shutdown()
-        settled = now() + settle
-        while now() < settled:
-            handle(self.poll(max(0.0, settled - now())))
-        self.release_parked()
-        while not self.stopped:
-            if now() >= end:
-                self.begin_shutdown(close_connections=True)
-            handle(self.poll(0.05))
-
-    def close(self) -> None:
-        """Releases the core server and queue (after ``stopped``, or to abandon everything:
-        then in-flight calls are cancelled). Idempotent."""
-        if self._destroyed:
-            return
-        if not self._started:    # the core aborts on destroying a bound, never-shut server
-            self._server.start()
-            self._started = True
-        self.begin_shutdown(close_connections=True)
-        self.release_parked()
-        while not self.stopped:
-            self.poll(0.05)
-        self._destroyed = True
-        self._calls.clear()
-        self._server.destroy()
-        self._cq.shutdown()
-        while self._cq.poll(None).completion_type != cygrpc.CompletionType.queue_shutdown:
-            pass
+        finished = not self.active_calls
+        lingered = now() + linger
+        while now() < lingered:
+            handle(self.poll(max(0.0, lingered - now())))
+        return finished
 
     # -- internals ---------------------------------------------------------------------
     def _request(self) -> None:
@@ -449,23 +373,16 @@ class CoreServer:
             tag[1]._complete(tag[0], event, out)
         elif tag == _REQUEST:
             self._requested -= 1
-            if not self.shutting_down:
-                self._request()
+            self._request()
             if event.success:
                 self._arrived(event, out)
-        elif tag == _SHUTDOWN:
-            self._core_down = True
 
     def _arrived(self, event, out: list) -> None:
         visible = not self.draining
         call = Call(self, event, visible)
         self._calls.add(call)
         if not visible:
-            if self._parking:
-                self.last_arrival = time.monotonic()
-                self._parked.append(call)
-            else:
-                call.fail(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            call.fail(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
             return
         self.active_calls += 1
         if self._watch:
