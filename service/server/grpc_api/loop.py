@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from service.server import metrics
-from service.server.errors import InferenceError, Overloaded
+from service.server.errors import InferenceError, InvalidInput, Overloaded
 from service.server.grpc_api.auth import REFUSAL
 from service.server.grpc_api.health import Health
 from service.server.grpc_api.methods import Kind, Method, Pending
@@ -199,7 +199,7 @@ class ServingLoop:
     # -- unary -----------------------------------------------------------------------------
     def _unary_message(self, call: Call, state: _CallState, data: bytes | None) -> None:
         if data is None:
-            self._fail(call, state, InferenceError("the client sent no request message"))
+            self._fail(call, state, InvalidInput("the client sent no request message"))
             return
         try:
             answer = state.method.handle(data, call.deadline)
