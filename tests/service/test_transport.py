@@ -149,3 +149,32 @@ def test_a_response_over_the_send_limit_is_refused_precisely_and_counted_so():
         assert server.metric("digits_requests_total", 'code="OK"') == 1
     finally:
         assert server.stop() == 0
+
+
+def client_ports_connected_to(port: int) -> set[int]:
+    """Local ports of established TCP connections to `port` (from /proc/net/tcp and tcp6: gRPC
+    may use dual-stack sockets)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            local, remote, state = line.split()[1:4]
+            if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
+                found.add(int(local.rsplit(":", 1)[1], 16))
+    return found
+
+
+def test_max_connection_age_makes_clients_reconnect_without_failing_calls():
+    server = RunningServer("--workers", "1", "--max-connection-age", "0.5")
+    port = int(server.address.rsplit(":", 1)[1])
+    try:
+        seen: set[int] = set()
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.DigitClassifierStub(channel)
+            end = time.monotonic() + 3
+            while time.monotonic() < end:
+                assert len(stub.Classify(ONE, timeout=10).predictions) == 1  # every call succeeds
+                seen |= client_ports_connected_to(port)
+                time.sleep(0.02)
+        assert len(seen) >= 2, seen  # the connection was closed by age and replaced
+    finally:
+        assert server.stop() == 0
