@@ -1,14 +1,19 @@
-"""The benchmark: onnxruntime alone, the no-op gRPC floor and our service, side by side in one run.
+"""The benchmark: onnxruntime alone, the no-op gRPC floor, our service and optionally Triton, side by side.
 
     python bench/run.py                 # the issue's protocol: 2 s warm-up + 8 s, 3 interleaved rounds, medians
-    python bench/run.py --quick         # a smoke run (~1-2 min)
+    python bench/run.py --triton        # the same, plus a real tritonserver (cached venv, installed on first use)
+    python bench/run.py --quick         # a smoke run (~1-2 min), no Triton unless asked for
 
 (a) in-process onnxruntime images/s at batch 1 and 256 — what the model itself costs;
-(b) the transport floor: bench/noop_server.py, same protocol and payload, no work;
-(c) `digits serve` on a free 127.0.0.1 port.
-Floor and service are measured by the same load tester (`service.loadtest`), closed loop, in
-rounds that alternate which goes first, and the script prints every figure, the ratios
-service/floor and the issue's bars with PASS/FAIL, plus RSS per service worker across a long run.
+(b) the peers, each on a free 127.0.0.1 port: the transport floor (bench/noop_server.py, no work),
+    `digits serve`, and with --triton a tritonserver 2.51 running the same ONNX model in its
+    Python backend (bench/triton_peer.py; it speaks KServe V2 with FP32 input only, so the
+    digits.v1 and uint8 cases are marked not applicable for it).
+Every peer is measured by the same load tester (`service.loadtest`), closed loop, in rounds that
+rotate which peer goes first. Over each run's measured window only (warm-up excluded) the script
+reads from /proc the CPU time of the server's whole process tree and of the load tester's client
+processes. It prints every figure, ratios against the floor and against Triton, issue #11's bars
+with PASS/FAIL/SKIP, and the RSS of every service worker across a long run.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,18 +37,23 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python bench/run.py` from anywhere
     sys.path.insert(0, str(REPO))
 
+from bench.triton_peer import TritonPeer, process_tree_cpu_seconds  # noqa: E402
 from service.cpus import usable_cpus  # noqa: E402
 from service.loadtest.config import LoadConfig  # noqa: E402
 from service.client.mnist_files import load_test_images  # noqa: E402
 from service.loadtest.runner import run_load  # noqa: E402
+from service.loadtest.tally import clock  # noqa: E402  (the clock run_load's windows are in)
 
 SERVING = re.compile(r"serving grpc=(\S+) metrics=(\S+) workers=(\d+)")
 MB = 1024 * 1024
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CPUS = usable_cpus()
+FLOOR, SERVICE, TRITON = "floor", "service", "triton"
 
 
 @dataclass(frozen=True)
 class Case:
-    """One load configuration, run against both the floor and the service."""
+    """One load configuration, run against every peer that can serve it."""
 
     key: str
     label: str
@@ -63,6 +74,26 @@ CASES = (
     Case("1x32_v1", "1 × 32 digits.v1 unary", api="digits_v1", concurrency=32),
     Case("1x32_stream", "1 × 32 digits.v1 stream", api="digits_v1", stream=True, concurrency=32),
 )
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A server under test: where the load goes, and the root of the process tree its CPU is read from."""
+
+    name: str
+    target: str
+    pid: int
+    v2_float32_only: bool = False  # Triton: KServe V2 only, and the peer's model config takes FP32
+
+    def not_applicable(self, case: Case) -> str | None:
+        """Why this peer cannot run `case`, or None when it can."""
+        if not self.v2_float32_only:
+            return None
+        if case.api != "kserve_v2":
+            return "n/a: V2 only"
+        if case.dtype != "float32":
+            return "n/a: FP32 input only"
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,17 +217,103 @@ def start_service(workers: int, model_repository: Path, extra: list[str]) -> Ser
                                    "--model-repository", str(model_repository), *extra], SERVING, "stderr")
 
 
+def triton_version(http_url: str) -> str:
+    """The running tritonserver's version from its V2 server metadata (GET /v2), or "?"."""
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1, never via a proxy
+    try:
+        with opener.open(f"{http_url}/v2", timeout=10) as reply:
+            return json.loads(reply.read()).get("version", "?")
+    except (OSError, ValueError):
+        return "?"
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU over a measured window
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of one process (all its threads) from /proc, or None once it has gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and ")"
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class WindowMeter:
+    """CPU of a server's process tree and of the load tester's clients over one measured window.
+
+    `run_load` tells `start` when the measured window opens and closes (it alone knows where the
+    warm-up ends) and the client processes' ids; a thread reads /proc at those two instants, so
+    the warm-up's CPU (connection set-up, first-touch allocations, the first model runs) is not
+    charged to the measured requests. The server side is the whole tree (supervisor + workers,
+    tritonserver + its Python-backend stubs); the clients are `python -m service.loadtest.worker`
+    children of this process, one per `--processes`. /proc counts in clock ticks (10 ms): under
+    1 % of a busy server's CPU over a 2 s window.
+    """
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self._readings: list[tuple[float, float, float | None]] = []
+        self._thread: threading.Thread | None = None
+
+    def start(self, window_start: float, window_end: float, client_pids: list[int]) -> None:
+        """run_load's `on_window`: returns at once, the readings are taken by a thread."""
+        self._thread = threading.Thread(target=self._read_at, args=((window_start, window_end), client_pids),
+                                        daemon=True)
+        self._thread.start()
+
+    def _read_at(self, instants: tuple[float, float], client_pids: list[int]) -> None:
+        for instant in instants:
+            delay = instant - clock()
+            if delay > 0:
+                time.sleep(delay)
+            clients = [process_cpu_seconds(pid) for pid in client_pids]
+            self._readings.append((clock(), process_tree_cpu_seconds(self.server_pid),
+                                   None if None in clients else sum(clients)))
+
+    def figures(self, rps: float) -> dict:
+        """Server CPU µs per request and client CPU as % of the machine's cores, over the window.
+
+        Requests in the window are taken as req/s × its length: in a closed loop the rate is
+        steady, whereas counting the requests *started* in it would also take in the tail that
+        finishes after the closing reading.
+        """
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        if len(self._readings) < 2:  # the run failed before its window closed
+            return {"window_s": None, "server_cpu_s": None, "client_cpu_s": None,
+                    "server_cpu_us_per_request": None, "client_cpu_pct": None}
+        (start, server_start, client_start), (end, server_end, client_end) = self._readings[:2]
+        window, server = end - start, server_end - server_start
+        client = None if client_start is None or client_end is None else client_end - client_start
+        requests = rps * window
+        return {"window_s": window, "server_cpu_s": server, "client_cpu_s": client,
+                "server_cpu_us_per_request": server / requests * 1e6 if requests > 0 else None,
+                "client_cpu_pct": 100 * client / (window * CPUS) if client is not None and window > 0 else None}
+
+
 # ---------------------------------------------------------------------------------------------
 # measuring
 
 
-def measure(case: Case, target: str, args: argparse.Namespace) -> dict:
-    config = LoadConfig(target=target, api=case.api, stream=case.stream, mode="closed",
-                        concurrency=case.concurrency, processes=args.processes, channels=args.channels,
-                        batch_size=case.batch_size,
-                        dtype=case.dtype, activations=case.activations, warmup_s=args.warmup,
-                        duration_s=args.duration, timeout_s=10.0, mnist_dir=str(REPO / "data" / "mnist"))
-    return run_load(config)
+def load_config(case: Case, target: str, args: argparse.Namespace) -> LoadConfig:
+    return LoadConfig(target=target, api=case.api, stream=case.stream, mode="closed",
+                      concurrency=case.concurrency, processes=args.processes, channels=args.channels,
+                      batch_size=case.batch_size, dtype=case.dtype, activations=case.activations,
+                      warmup_s=args.warmup, duration_s=args.duration, timeout_s=10.0,
+                      mnist_dir=str(REPO / "data" / "mnist"))
+
+
+def measure(case: Case, peer: Peer, args: argparse.Namespace) -> dict:
+    """One load run of `case` against `peer`, plus server and client CPU over its measured window."""
+    meter = WindowMeter(peer.pid)
+    run = run_load(load_config(case, peer.target, args), on_window=meter.start)
+    run.update(meter.figures(run["rps"]))
+    return run
 
 
 def floor_worker_counts(address: str) -> list[int]:
@@ -213,17 +330,50 @@ def floor_worker_counts(address: str) -> list[int]:
     return [count for _, count in workers]
 
 
-def median_of(runs: list[dict], pick) -> float | None:
-    values = [pick(run) for run in runs if pick(run) is not None]
+def measure_peer(case: Case, peer: Peer, args: argparse.Namespace) -> dict:
+    """`measure`, and for the floor how its workers shared the run (SO_REUSEPORT spreads connections)."""
+    before = floor_worker_counts(peer.target) if peer.name == FLOOR else None
+    run = measure(case, peer, args)
+    if before is not None:
+        run["floor_worker_split"] = [after - then for then, after in zip(before, floor_worker_counts(peer.target))]
+    return run
+
+
+def rotated(peers: list[Peer], round_index: int) -> list[Peer]:
+    """This round's order: each round starts one peer further on, so no peer always goes first
+    (or always runs right after the same neighbour, whose after-effects it would inherit)."""
+    shift = round_index % len(peers)
+    return peers[shift:] + peers[:shift]
+
+
+def run_rounds(peers: list[Peer], cases: list[Case], args: argparse.Namespace) -> dict[str, dict[str, list[dict]]]:
+    """Every applicable (case, peer) once per round, case by case, peers in rotated order."""
+    raw: dict[str, dict[str, list[dict]]] = {
+        case.key: {peer.name: [] for peer in peers if peer.not_applicable(case) is None} for case in cases}
+    for round_index in range(args.rounds):
+        for case in cases:
+            for peer in rotated(peers, round_index):
+                if peer.not_applicable(case) is None:
+                    run = measure_peer(case, peer, args)
+                    raw[case.key][peer.name].append(run)
+                    print_run(f"{round_index + 1}/{args.rounds}", case, peer.name, run)
+    return raw
+
+
+def median_of(runs: list[dict], pick: Callable[[dict], float | None]) -> float | None:
+    values = [value for run in runs if (value := pick(run)) is not None]
     return statistics.median(values) if values else None
 
 
 def summarise(runs: list[dict]) -> dict:
+    """Medians over the rounds of every figure the table shows; errors summed."""
     return {
         "rps": median_of(runs, lambda r: r["rps"]),
         "images_per_s": median_of(runs, lambda r: r["images_per_s"]),
         "p50_ms": median_of(runs, lambda r: r["latency_ms"]["p50"]),
         "p99_ms": median_of(runs, lambda r: r["latency_ms"]["p99"]),
+        "server_cpu_us_per_request": median_of(runs, lambda r: r["server_cpu_us_per_request"]),
+        "client_cpu_pct": median_of(runs, lambda r: r["client_cpu_pct"]),
         "errors": _sum_errors(runs),
         "rounds": len(runs),
     }
@@ -262,6 +412,8 @@ def memory_run(service: Server, args: argparse.Namespace) -> dict:
     after = {pid: rss_mb(pid) for pid in pids}
     workers = []
     for pid in pids:
+        if after[pid] is not None:  # the sampler runs once a second: the last reading may be the highest
+            peak[pid] = max(peak[pid] or 0.0, after[pid])
         growth = (after[pid] / before[pid] - 1.0) if before[pid] and after[pid] else None
         workers.append({"pid": pid, "rss_before_mb": before[pid], "rss_after_mb": after[pid],
                         "rss_peak_mb": peak[pid], "growth": growth})
@@ -281,59 +433,140 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator is not None and denominator else None
 
 
-def print_cases(results: dict, cases: list[Case]) -> None:
-    header = (f"{'configuration':34} {'':8} {'req/s':>9} {'images/s':>11} {'p50 ms':>8} {'p99 ms':>8}")
+def print_run(round_name: str, case: Case, peer: str, run: dict) -> None:
+    split = run.get("floor_worker_split")
+    shares = "  split " + "/".join(f"{100 * n / max(1, sum(split)):.0f}" for n in split) if split else ""
+    print(f"  round {round_name} {case.label:32} {peer:8} {run['rps']:>9,.0f} req/s {run['images_per_s']:>10,.0f} img/s "
+          f"p50 {_num(run['latency_ms']['p50'], 3)} ms  server {_num(run['server_cpu_us_per_request'])} µs/req  "
+          f"client {_num(run['client_cpu_pct'])} %" + shares + (f"  errors {run['errors']}" if run["errors"] else ""),
+          flush=True)
+
+
+# (heading, summary field, decimals, width, unit); ratios are shown for every column but the last
+COLUMNS = (("req/s", "rps", 0, 9, ""), ("images/s", "images_per_s", 0, 11, ""), ("p50 ms", "p50_ms", 3, 8, ""),
+           ("p99 ms", "p99_ms", 3, 8, ""), ("server µs/req", "server_cpu_us_per_request", 0, 13, ""),
+           ("client CPU", "client_cpu_pct", 0, 10, " %"))
+LABEL, WHO = 32, 16
+
+
+def print_cases(results: dict, cases: list[Case], peers: list[Peer]) -> None:
+    """One row per peer per case, then service ÷ floor and service ÷ triton."""
+    header = f"{'configuration':{LABEL}} {'':{WHO}}" + "".join(f" {name:>{width}}" for name, _, _, width, _ in COLUMNS)
     print(header)
     print("-" * len(header))
     for case in cases:
-        floor, ours = results[case.key]["floor"], results[case.key]["service"]
-        for name, row in (("floor", floor), ("service", ours)):
-            print(f"{case.label if name == 'floor' else '':34} {name:8} {_num(row['rps']):>9} "
-                  f"{_num(row['images_per_s']):>11} {_num(row['p50_ms'], 3):>8} {_num(row['p99_ms'], 3):>8}"
+        rows = results[case.key]
+        for index, peer in enumerate(peers):
+            label = case.label if index == 0 else ""
+            reason = peer.not_applicable(case)
+            if reason is not None:
+                print(f"{label:{LABEL}} {peer.name:{WHO}} {reason}")
+                continue
+            row = rows[peer.name]
+            print(f"{label:{LABEL}} {peer.name:{WHO}}"
+                  + "".join(f" {_num(row[field], digits) + unit:>{width}}" for _, field, digits, width, unit in COLUMNS)
                   + (f"   errors {row['errors']}" if row["errors"] else ""))
-        print(f"{'':34} {'ratio':8} {_num(_ratio(ours['rps'], floor['rps']), 2) + '×':>9} "
-              f"{_num(_ratio(ours['images_per_s'], floor['images_per_s']), 2) + '×':>11} "
-              f"{_num(_ratio(ours['p50_ms'], floor['p50_ms']), 2) + '×':>8} "
-              f"{_num(_ratio(ours['p99_ms'], floor['p99_ms']), 2) + '×':>8}")
+        for other in (FLOOR, TRITON):
+            if other in rows and SERVICE in rows:
+                print(f"{'':{LABEL}} {f'service ÷ {other}':{WHO}}"
+                      + "".join(f" {_num(_ratio(rows[SERVICE][field], rows[other][field]), 2) + '×':>{width}}"
+                                for _, field, _, width, _ in COLUMNS[:-1]))
 
 
-def bars(results: dict, memory: dict | None, memory_target: int) -> list[dict]:
-    """The issue's bars as (name, measured ratio or value, limit, pass)."""
-    def r(key: str, who: str, field: str) -> float | None:
-        return results[key][who][field] if key in results else None  # None: case not run
+def print_memory(memory: dict) -> None:
+    print("\nRSS per service worker:")
+    for worker in memory["workers"]:
+        print(f"  pid {worker['pid']}: {_num(worker['rss_before_mb'], 1)} MB -> {_num(worker['rss_after_mb'], 1)} MB "
+              f"after {memory['requests']:,} requests (peak {_num(worker['rss_peak_mb'], 1)} MB, "
+              f"growth {_num(None if worker['growth'] is None else worker['growth'] * 100, 1)} %)")
 
-    checks = [
-        ("1 × 32: service req/s ≥ 1.0× floor", _ratio(r("1x32", "service", "rps"), r("1x32", "floor", "rps")), ">=", 1.0),
-        ("1 × 1: service p50 ≤ 1.15× floor", _ratio(r("1x1", "service", "p50_ms"), r("1x1", "floor", "p50_ms")), "<=", 1.15),
-        ("64 × 8 float32: service images/s ≥ 0.95× floor",
-         _ratio(r("64x8_f32", "service", "images_per_s"), r("64x8_f32", "floor", "images_per_s")), ">=", 0.95),
-        ("64 × 8 uint8: service images/s ≥ 2.5× float32 floor",
-         _ratio(r("64x8_u8", "service", "images_per_s"), r("64x8_f32", "floor", "images_per_s")), ">=", 2.5),
-        ("activations: service p50 at 1 × 1 ≤ 1.15× without",
-         _ratio(r("1x1_act", "service", "p50_ms"), r("1x1", "service", "p50_ms")), "<=", 1.15),
-        ("streaming: service req/s ≥ 1.5× unary (digits.v1, 1 × 32)",
-         _ratio(r("1x32_stream", "service", "rps"), r("1x32_v1", "service", "rps")), ">=", 1.5),
+
+# ---------------------------------------------------------------------------------------------
+# bars (issue #11)
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One bar: `field` of (case, peer) ÷ the same field of (base_case, base_peer), held to `op limit`."""
+
+    name: str
+    field: str
+    case: str
+    peer: str
+    base_case: str
+    base_peer: str
+    op: str  # ">=" or "<="
+    limit: float
+
+
+BARS = (
+    Bar("1 × 32: service req/s ≥ 1.5× Triton's", "rps", "1x32", SERVICE, "1x32", TRITON, ">=", 1.5),
+    Bar("64 × 8 float32: service images/s ≥ 1.6× Triton's", "images_per_s", "64x8_f32", SERVICE, "64x8_f32", TRITON,
+        ">=", 1.6),
+    Bar("1 × 1: service p50 ≤ 0.75× Triton's", "p50_ms", "1x1", SERVICE, "1x1", TRITON, "<=", 0.75),
+    Bar("1 × 32: service server CPU per request ≤ 0.75× the floor's", "server_cpu_us_per_request", "1x32", SERVICE,
+        "1x32", FLOOR, "<=", 0.75),
+    Bar("activations: service p50 at 1 × 1 ≤ 1.15× without", "p50_ms", "1x1_act", SERVICE, "1x1", SERVICE, "<=", 1.15),
+    Bar("streaming: service req/s ≥ 1.5× unary (digits.v1, 1 × 32)", "rps", "1x32_stream", SERVICE, "1x32_v1",
+        SERVICE, ">=", 1.5),
+)
+UNITS = {"rps": "req/s", "images_per_s": "images/s", "p50_ms": "ms", "server_cpu_us_per_request": "µs/req"}
+MEMORY_BAR_REQUESTS = 500_000
+RSS_LIMIT_MB, GROWTH_LIMIT = 150.0, 0.10
+
+
+def _missing(results: dict, case: str, peer: str) -> str | None:
+    """Why (case, peer) has no figure in this run, or None when it has one."""
+    if case not in results:
+        return f"{case} not run"
+    if peer not in results[case]:
+        return f"{peer} not in this run" + (" (--triton)" if peer == TRITON else "")
+    return None
+
+
+def check_bar(bar: Bar, results: dict) -> dict:
+    """The bar's verdict (None: SKIP) with its ratio and the two figures it came from."""
+    skip = _missing(results, bar.case, bar.peer) or _missing(results, bar.base_case, bar.base_peer)
+    value = base = ratio = None
+    if skip is None:
+        value, base = results[bar.case][bar.peer][bar.field], results[bar.base_case][bar.base_peer][bar.field]
+        ratio = _ratio(value, base)
+        skip = None if ratio is not None else "no figure (every request failed?)"
+    names = (bar.peer, bar.base_peer) if bar.peer != bar.base_peer else (bar.case, bar.base_case)
+    digits = 3 if bar.field == "p50_ms" else 0
+    shown = (f"{ratio:.2f}× ({names[0]} {_num(value, digits)} vs {names[1]} {_num(base, digits)} {UNITS[bar.field]})"
+             if ratio is not None else "-")
+    verdict = None if ratio is None else (ratio >= bar.limit if bar.op == ">=" else ratio <= bar.limit)
+    return {"bar": bar.name, "value": ratio, "figures": [value, base], "shown": shown,
+            "limit": f"{bar.op} {bar.limit}", "pass": verdict, "skip": skip}
+
+
+def memory_bars(memory: dict | None) -> list[dict]:
+    """Peak RSS per worker, and RSS growth across the long run (SKIP when it was shorter than the bar's)."""
+    if memory is None:
+        return [{"bar": name, "value": None, "shown": "-", "limit": limit, "pass": None,
+                 "skip": "memory run skipped (--memory-requests 0)"}
+                for name, limit in ((f"memory: RSS per worker ≤ {RSS_LIMIT_MB:g} MB (peak)", f"<= {RSS_LIMIT_MB:g}"),
+                                    (f"memory: RSS growth ≤ {GROWTH_LIMIT:.0%} over {MEMORY_BAR_REQUESTS:,} requests",
+                                     f"<= {GROWTH_LIMIT}"))]
+    peak = max((w["rss_peak_mb"] or 0.0) for w in memory["workers"])
+    growth = max((abs(w["growth"]) for w in memory["workers"] if w["growth"] is not None), default=None)
+    enough = memory["requests"] >= MEMORY_BAR_REQUESTS
+    return [
+        {"bar": f"memory: RSS per worker ≤ {RSS_LIMIT_MB:g} MB (peak)", "value": peak, "shown": f"{peak:.1f} MB",
+         "limit": f"<= {RSS_LIMIT_MB:g}", "pass": peak <= RSS_LIMIT_MB, "skip": None},
+        {"bar": f"memory: RSS growth ≤ {GROWTH_LIMIT:.0%} over {MEMORY_BAR_REQUESTS:,} requests", "value": growth,
+         "shown": "-" if growth is None else f"{growth * 100:.1f} % across {memory['requests']:,} requests",
+         "limit": f"<= {GROWTH_LIMIT}", "pass": (growth <= GROWTH_LIMIT) if enough and growth is not None else None,
+         "skip": None if enough else f"needs {MEMORY_BAR_REQUESTS:,} requests; this run had {memory['requests']:,}"},
     ]
-    out = [{"bar": name, "value": value, "limit": f"{op} {limit}",
-            "pass": None if value is None else (value >= limit if op == ">=" else value <= limit)}
-           for name, value, op, limit in checks]
-    if memory is not None:
-        peak = max((w["rss_peak_mb"] or 0.0) for w in memory["workers"])
-        growth = max(abs(w["growth"]) for w in memory["workers"] if w["growth"] is not None)
-        out.append({"bar": "memory: RSS per worker ≤ 150 MB (peak)", "value": peak, "limit": "<= 150",
-                    "pass": peak <= 150})
-        enough = memory["requests"] >= memory_target
-        note = "" if enough else f" (SKIP: the bar needs {memory_target:,}; this is a short run)"
-        out.append({"bar": f"memory: RSS growth (|after/before − 1|) across {memory['requests']:,} requests{note}",
-                    "value": growth, "limit": "<= 0.10", "pass": (growth <= 0.10) if enough else None})
-    return out
 
 
 def print_bars(checks: list[dict]) -> None:
     for check in checks:
         verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[check["pass"]]
-        value = "-" if check["value"] is None else f"{check['value']:.2f}"
-        print(f"  [{verdict}] {check['bar']}: {value} (bar {check['limit']})")
+        skip = f"; SKIP: {check['skip']}" if check["pass"] is None and check.get("skip") else ""
+        print(f"  [{verdict}] {check['bar']}: {check['shown']} (bar {check['limit']}{skip})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,6 +575,10 @@ def print_bars(checks: list[dict]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 0.5 s + 2 s, 1 round, 20,000-request memory run")
+    parser.add_argument("--triton", action="store_true",
+                        help="add a tritonserver peer (bench/triton_peer.py; installs nvidia-pytriton into a cached "
+                             "venv on first use, see $DIGIT_SERVING_TRITON_VENV)")
+    parser.add_argument("--triton-instances", type=int, default=2, help="Triton model instances (CPU, default 2)")
     parser.add_argument("--warmup", type=float, default=None, help="seconds (default 2, quick 0.5)")
     parser.add_argument("--duration", type=float, default=None, help="seconds measured (default 8, quick 2)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 1)")
@@ -349,11 +586,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, default=4,
                         help="gRPC connections per client process: SO_REUSEPORT spreads connections, not "
                              "requests, over workers, so one connection a process can leave a worker idle")
-    parser.add_argument("--workers", type=int, default=usable_cpus(), help="server processes, floor and service")
+    parser.add_argument("--workers", type=int, default=CPUS, help="server processes, floor and service")
     parser.add_argument("--model-repository", type=Path,
                         default=Path(os.environ.get("DIGITS_MODEL_REPOSITORY", REPO / "models")),
-                        help="served by `digits serve` and timed in-process (default: $DIGITS_MODEL_REPOSITORY, "
-                             "else models/)")
+                        help="served by `digits serve` and Triton, timed in-process (default: "
+                             "$DIGITS_MODEL_REPOSITORY, else models/)")
     parser.add_argument("--memory-requests", type=int, default=None,
                         help="requests for the RSS run (default 500,000, quick 20,000; 0 skips it)")
     parser.add_argument("--only", default=None, help="comma-separated case keys (default all): "
@@ -375,9 +612,48 @@ def _versions() -> dict:
     import onnxruntime
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    # The figures belong to the code on disk: say so when it is not exactly the commit.
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                             text=True).stdout.strip()
+    commit += "+uncommitted changes" if changed else ""
     return {"python": platform.python_version(), "grpcio": grpc.__version__, "onnxruntime": onnxruntime.__version__,
-            "numpy": numpy.__version__, "cpus": usable_cpus(), "platform": platform.platform(), "git": commit,
+            "numpy": numpy.__version__, "cpus": CPUS, "platform": platform.platform(), "git": commit,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def find_model(repository: Path) -> Path | None:
+    """models/mnist_mlp/1/model.onnx, else the highest version there is."""
+    model = repository / "mnist_mlp" / "1" / "model.onnx"
+    if model.exists():
+        return model
+    candidates = sorted(repository.glob("mnist_mlp/*/model.onnx"))
+    return candidates[-1] if candidates else None
+
+
+def time_onnxruntime(model: Path, quick: bool) -> dict:
+    print(f"\n(a) onnxruntime in-process, {model.relative_to(REPO) if model.is_relative_to(REPO) else model}, 1 thread")
+    images = load_test_images(REPO / "data" / "mnist")
+    figures = {}
+    for batch in (1, 256):
+        rate = onnxruntime_images_per_s(model, images, batch, 1.0 if quick else 3.0)
+        figures[f"batch_{batch}_images_per_s"] = rate
+        print(f"  batch {batch:>3}: {rate:,.0f} images/s")
+    return figures
+
+
+def start_triton(model: Path, instances: int) -> TritonPeer:
+    print(f"  starting tritonserver ({instances} CPU instances; first use installs it) ...", flush=True)
+    peer = TritonPeer(model, instances=instances)
+    peer.start()
+    return peer
+
+
+def print_protocol(args: argparse.Namespace) -> None:
+    print(f"  protocol: closed loop, {args.processes} client processes × {args.channels} connections, "
+          f"{args.warmup:g} s warm-up + {args.duration:g} s, {args.rounds} round(s) rotating the peers' order, "
+          f"medians; floor and service with {args.workers} worker(s); server CPU = utime+stime of the server's "
+          f"process tree over the measured window ÷ requests in it; client CPU = the load tester's processes, "
+          f"% of {CPUS} cores")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,88 +662,61 @@ def main(argv: list[str] | None = None) -> int:
     print(f"$ {command}")
     machine = _versions()
     print("  " + ", ".join(f"{key} {value}" for key, value in machine.items()))
-    print(f"  protocol: closed loop, {args.processes} client processes × {args.channels} connections, "
-          f"{args.warmup:g} s warm-up + "
-          f"{args.duration:g} s, {args.rounds} interleaved round(s), medians; servers with {args.workers} worker(s)")
+    print_protocol(args)
     cases = [case for case in CASES if args.only is None or case.key in args.only.split(",")]
-    model = args.model_repository / "mnist_mlp" / "1" / "model.onnx"
-    if not model.exists():
-        candidates = sorted(args.model_repository.glob("mnist_mlp/*/model.onnx"))
-        if not candidates:
-            print(f"no model under {args.model_repository}/mnist_mlp: export one first", file=sys.stderr)
-            return 2
-        model = candidates[-1]
-    images = load_test_images(REPO / "data" / "mnist")
+    model = find_model(args.model_repository)
+    if model is None:
+        print(f"no model under {args.model_repository}/mnist_mlp: export one first", file=sys.stderr)
+        return 2
     report: dict = {"command": command, "machine": machine, "settings": {
         key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}}
-
-    print(f"\n(a) onnxruntime in-process, {model.relative_to(REPO) if model.is_relative_to(REPO) else model}, 1 thread")
-    seconds = 1.0 if args.quick else 3.0
-    report["onnxruntime"] = {}
-    for batch in (1, 256):
-        rate = onnxruntime_images_per_s(model, images, batch, seconds)
-        report["onnxruntime"][f"batch_{batch}_images_per_s"] = rate
-        print(f"  batch {batch:>3}: {rate:,.0f} images/s")
+    report["onnxruntime"] = time_onnxruntime(model, args.quick)
 
     floor = start_floor(args.workers)
     service = start_service(args.workers, args.model_repository, args.serve_arg)
+    triton: TritonPeer | None = None
     try:
         floor.wait_ready()
         service.wait_ready()
+        peers = [Peer(FLOOR, floor.address, floor.process.pid), Peer(SERVICE, service.address, service.process.pid)]
         print(f"\n(b) no-op floor at {floor.address} ({args.workers} workers); "
-              f"(c) digits serve at {service.address} (pids {service.worker_pids()})")
-        raw: dict = {case.key: {"floor": [], "service": []} for case in cases}
-        for round_index in range(args.rounds):
-            order = (("floor", floor), ("service", service))
-            if round_index % 2:
-                order = order[::-1]
-            for case in cases:
-                for who, server in order:
-                    before = floor_worker_counts(server.address) if who == "floor" else None
-                    run = measure(case, server.address, args)
-                    split = ""
-                    if before is not None:
-                        served = [b - a for a, b in zip(before, floor_worker_counts(server.address))]
-                        run["floor_worker_split"] = served
-                        split = "  split " + "/".join(f"{100 * n / max(1, sum(served)):.0f}" for n in served)
-                    raw[case.key][who].append(run)
-                    print(f"  round {round_index + 1}/{args.rounds} {case.label:34} {who:8} "
-                          f"{run['rps']:>9,.0f} req/s {run['images_per_s']:>10,.0f} img/s "
-                          f"p50 {_num(run['latency_ms']['p50'], 3)} ms"
-                          + split + (f"  errors {run['errors']}" if run["errors"] else ""), flush=True)
+              f"digits serve at {service.address} (worker pids {service.worker_pids()})")
+        if args.triton:
+            triton = start_triton(model, args.triton_instances)
+            report["triton"] = {"version": triton_version(triton.http_url), "instances": args.triton_instances}
+            peers.append(Peer(TRITON, triton.grpc_target, triton.pid, v2_float32_only=True))
+            print(f"    tritonserver {report['triton']['version']} at {triton.grpc_target} (pid {triton.pid}, "
+                  f"{args.triton_instances} Python-backend instances, dynamic batching)")
+        raw = run_rounds(peers, cases, args)
         results = {key: {who: summarise(runs) for who, runs in by_who.items()} for key, by_who in raw.items()}
-        report["cases"] = {case.key: {"label": case.label, **results[case.key]} for case in cases}
+        report["cases"] = {case.key: {"label": case.label, **results[case.key],
+                                      **{peer.name: {"not_applicable": reason} for peer in peers
+                                         if (reason := peer.not_applicable(case)) is not None}}
+                           for case in cases}
         report["raw"] = raw
         memory = None
         if args.memory_requests:
             print(f"\n  memory: {args.memory_requests:,} requests (1 × 32, V2) against the service ...", flush=True)
             memory = memory_run(service, args)
             report["memory"] = memory
-        sent = sum(run["sent_total"] for by_who in raw.values() for run in by_who["service"])
+        sent = sum(run["sent_total"] for by_who in raw.values() for run in by_who[SERVICE])
         sent += memory["sent_total"] if memory else 0
-        counted = requests_counted(service.metrics_url)
-        report["request_accounting"] = {"clients_sent": sent, "service_digits_requests_total": counted}
+        report["request_accounting"] = {"clients_sent": sent,
+                                        "service_digits_requests_total": requests_counted(service.metrics_url)}
     finally:
+        if triton is not None:
+            triton.stop()
         service_code, floor_code = service.stop(), floor.stop()
     report["exit_codes"] = {"service": service_code, "floor": floor_code}
 
-    print("\nResults (medians):")
-    print_cases(results, cases)
+    print("\nResults (medians; server µs/req: CPU of the server's process tree per request; client CPU: "
+          f"the load tester's {args.processes} processes, % of {CPUS} cores):")
+    print_cases(results, cases, peers)
     if memory is not None:
-        print("\nRSS per service worker:")
-        for worker in memory["workers"]:
-            print(f"  pid {worker['pid']}: {_num(worker['rss_before_mb'], 1)} MB -> {_num(worker['rss_after_mb'], 1)} MB "
-                  f"after {memory['requests']:,} requests (peak {_num(worker['rss_peak_mb'], 1)} MB, "
-                  f"growth {_num(None if worker['growth'] is None else worker['growth'] * 100, 1)} %)")
-    print("\nBars (issue 4; SKIP: configuration not run, or the run too short for the bar):")
-    report["bars"] = bars(results, memory, 500_000)
+        print_memory(memory)
+    print("\nBars (issue #11; SKIP: peer or configuration not in this run, or the run too short for the bar):")
+    report["bars"] = [check_bar(bar, results) for bar in BARS] + memory_bars(memory)
     print_bars(report["bars"])
-    context = _ratio(results.get("64x8_u8", {}).get("floor", {}).get("images_per_s"),
-                     results.get("64x8_f32", {}).get("floor", {}).get("images_per_s"))
-    if context is not None:
-        print(f"  context: on this machine the floor itself moves {context:.2f}× more images/s with uint8 "
-              f"than float32 at 64 × 8 (the uint8 bar's ceiling if the service only matched the floor)")
-        report["floor_uint8_over_float32"] = context
     accounting = report["request_accounting"]
     print(f"\nrequests sent to the service by the load tester: {accounting['clients_sent']:,}; "
           f"counted by its /metrics (digits_requests_total): "

@@ -24,7 +24,8 @@ from service.generated.digits.v1 import digits_pb2, digits_pb2_grpc
 from service.loadtest.config import LoadConfig
 from service.loadtest.histogram import LatencyHistogram
 from service.client.mnist_files import read_idx
-from service.loadtest.runner import split_plans
+from service.loadtest.runner import run_load, split_plans
+from service.loadtest.tally import clock
 
 REPO = Path(__file__).resolve().parents[2]
 MNIST = REPO / "data" / "mnist"
@@ -213,6 +214,20 @@ def test_idx_reader_reads_and_rejects(tmp_path):
     with pytest.raises(ValueError, match="promises"):
         read_idx(truncated)
 
+
+def test_run_load_tells_the_caller_its_measured_window(noop):
+    """bench/run.py reads server and client CPU over the measured window alone; run_load says when it is."""
+    seen = []
+
+    def on_window(start: float, end: float, pids: list[int]) -> None:
+        seen.append((clock(), start, end, pids, [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids]))
+
+    run = run_load(LoadConfig(target=noop.address, concurrency=2, processes=2, warmup_s=WARMUP_S,
+                              duration_s=DURATION_S, timeout_s=5.0, mnist_dir=str(MNIST)), on_window=on_window)
+    ((called, start, end, pids, cmdlines),) = seen
+    assert start - called >= WARMUP_S and end - start == pytest.approx(DURATION_S)
+    assert len(pids) == 2 and all(b"service.loadtest.worker" in cmdline for cmdline in cmdlines)
+    assert run["ok"] > 0
 
 def test_load_is_split_over_processes():
     plans = split_plans(LoadConfig(concurrency=7, processes=3, max_requests=10))
