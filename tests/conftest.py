@@ -1,4 +1,5 @@
-"""Fixtures: the real server on an ephemeral 127.0.0.1 port, and channels to it."""
+"""Fixtures for every test package: the real server on an ephemeral 127.0.0.1 port, a channel to it,
+and the model it serves run offline as the oracle its answers must match."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import os
 from pathlib import Path
 
 import grpc
-import numpy as np
-import onnxruntime as ort
 import pytest
 
-from tests.service.server_process import REPO, RunningServer
+from tests.support import MODEL_NAME, MODELS
+from tests.support.models import offline_model
+from tests.support.server import RunningServer
 
 
 @pytest.fixture(scope="session")
@@ -28,18 +29,12 @@ def channel(server):
 
 
 @pytest.fixture(scope="session")
-def model_path():
+def model_path() -> Path:
     """The model file the `server` fixture serves: the shipped default unless DIGITS_MODEL_REPOSITORY says."""
-    return Path(os.environ.get("DIGITS_MODEL_REPOSITORY", REPO / "models")) / "mnist_mlp" / "1" / "model.onnx"
+    return Path(os.environ.get("DIGITS_MODEL_REPOSITORY", MODELS)) / MODEL_NAME / "1" / "model.onnx"
 
 
 @pytest.fixture(scope="session")
 def offline(model_path):
-    """Runs the served model in-process with onnxruntime: the oracle the server must match."""
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-
-    def run(pixels: np.ndarray, outputs=("probabilities",)) -> dict[str, np.ndarray]:
-        floats = pixels.astype(np.float32) / np.float32(255) if pixels.dtype == np.uint8 else pixels
-        return dict(zip(outputs, session.run(list(outputs), {"pixels": floats.reshape(-1, 784)})))
-
-    return run
+    """The served model run offline: the oracle the server must match."""
+    return offline_model(model_path)

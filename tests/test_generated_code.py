@@ -6,12 +6,11 @@ import filecmp
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from service.generated.inference import grpc_predict_v2_pb2 as ours
-from tests.service.descriptor_shape import describe
+from tests.support import REPO
+from tests.support.descriptor_shape import describe
 
-REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "proto"))
 import generate  # noqa: E402
 
@@ -29,7 +28,7 @@ TRITON_SIDE = """
 import json, sys
 from tritonclient.grpc import service_pb2
 sys.path.insert(0, sys.argv[1])
-from tests.service.descriptor_shape import describe
+from tests.support.descriptor_shape import describe
 out = {}
 for message in service_pb2.DESCRIPTOR.message_types_by_name.values():
     out.update(describe(message))

@@ -16,6 +16,7 @@ import pytest
 
 from bench import soak
 from service.loadtest.config import LoadConfig
+from tests.support import MNIST_DIR
 
 # The tolerances this test holds the server to (the soak's defaults), per server process, from the
 # end of the first (warm-up) window to the end of the last:
@@ -32,7 +33,7 @@ TOLERANCE = soak.Tolerance(rss_fraction=RSS_GROWTH_FRACTION, rss_mb=RSS_GROWTH_M
 def short_soak() -> dict:
     lines: list[str] = []
     load = LoadConfig(api="kserve_v2", mode="closed", concurrency=8, processes=2, channels=2, timeout_s=10.0,
-                      mnist_dir=str(soak.REPO / "data" / "mnist"))
+                      mnist_dir=str(MNIST_DIR))
     plan = soak.SoakPlan(interval_s=WINDOW_S, windows=WINDOWS, warmup_s=WINDOW_WARMUP_S)
     report = soak.soak_started_server(load, plan, TOLERANCE, WORKERS, emit=lines.append)
     report["lines"] = lines

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,19 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service.mnist_images import MNIST_DIR
-from service.client.mnist_files import load_test_set
 from service.cli import main
 from service.client.digit_client import DigitClient
-from tests.service.test_preprocess import disguise
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO, closed_port
+from tests.support.mnist import disguise, mnist_digits, mnist_test_labels
 
 
 @pytest.fixture(scope="module")
 def mnist() -> tuple[np.ndarray, np.ndarray]:
-    images, labels = load_test_set(MNIST_DIR)
-    return images.reshape(-1, 28, 28), labels
+    return mnist_digits(), mnist_test_labels()
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +39,6 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = main(["classify", *args])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_off_centre_pngs_are_recognised(server, mnist, known_good, tmp_path: Path,

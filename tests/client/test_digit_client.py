@@ -7,38 +7,30 @@ real MNIST test images.
 from __future__ import annotations
 
 import hashlib
-import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
-from tests.service.mnist_images import MNIST_DIR
-from service.client.mnist_files import load_test_set
 from service.client.digit_client import DigitClient, build_request, encode_images
 from service.generated.digits.v1 import digits_pb2
+from tests.support import MODELS, closed_port
+from tests.support.messages import softmax
+from tests.support.mnist import mnist_digits, mnist_test_labels
 
-REPO = Path(__file__).resolve().parents[2]
 HIDDEN = ("activation_1", "activation_2")
 
 
 @pytest.fixture(scope="module")
 def mnist() -> tuple[np.ndarray, np.ndarray]:
-    images, labels = load_test_set(MNIST_DIR)
-    return images.reshape(-1, 28, 28)[:200], labels[:200]
+    return mnist_digits()[:200], mnist_test_labels()[:200]
 
 
 @pytest.fixture()
 def client(server) -> Iterator[DigitClient]:
     with DigitClient(server.address, timeout=30) as client:
         yield client
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max())
-    return shifted / shifted.sum()
 
 
 # --- packing (no server) ---------------------------------------------------------------------
@@ -135,7 +127,7 @@ def test_predictions_match_offline_onnxruntime(client: DigitClient,
     import onnxruntime as ort
 
     digest = client.model_info().sha256
-    files = [p for p in REPO.glob("models/*/*/model.onnx")
+    files = [p for p in MODELS.glob("*/*/model.onnx")
              if hashlib.sha256(p.read_bytes()).hexdigest() == digest]
     if not files:
         pytest.skip("the server's model file is not in this checkout's models/ folder")
@@ -204,10 +196,7 @@ def test_unknown_model_version_is_not_found(server) -> None:
 
 
 def test_unreachable_server_is_unavailable() -> None:
-    with socket.socket() as sock:                 # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with DigitClient(f"127.0.0.1:{port}", timeout=5) as client, \
+    with DigitClient(f"127.0.0.1:{closed_port()}", timeout=5) as client, \
             pytest.raises(grpc.RpcError) as caught:
         client.model_info()
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

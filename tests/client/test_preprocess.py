@@ -1,8 +1,11 @@
-"""MNIST-style preprocessing on real MNIST digits disguised as ordinary pictures.
+"""MNIST-style preprocessing on real MNIST digits disguised as ordinary pictures, and on drawn shapes
+whose centre of mass is known analytically.
 
 Each MNIST test digit is enlarged, turned dark-on-light and pasted off-centre on a big white
 canvas, saved as PNG, then run through `preprocess`: what comes back must look like the
-original MNIST image again (high pixel correlation) with its centre of mass at (14, 14).
+original MNIST image again (high pixel correlation) with its centre of mass at (14, 14). Centres
+are measured here with `ink_centroid`, never with the module's own `centre_of_mass`, and the
+shapes' expected placement is worked out from their geometry.
 """
 
 from __future__ import annotations
@@ -13,28 +16,46 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service.mnist_images import MNIST_DIR
-from service.client.mnist_files import load_test_images
 from service.client.preprocess import (BlankImageError, PreprocessError, centre_of_mass, load_grayscale,
-                                preprocess, preprocess_float32, to_float32)
+                                       preprocess, preprocess_float32, to_float32)
+from tests.support.mnist import disguise, mnist_digits
 
 INDICES = range(20)
+Rect = tuple[int, int, int, int]  # rows r0:r1, columns c0:c1
+# shapes of disjoint rectangles, neither symmetric nor with a centre that rounds at a half pixel
+SHAPES = {
+    "T, stem off-centre": [(0, 20, 0, 160), (20, 160, 40, 80)],      # 160 x 160 -> 20 x 20
+    "tall, stem right": [(0, 60, 0, 160), (60, 200, 100, 140)],      # 200 x 160 -> 20 x 16
+}
 
 
 @pytest.fixture(scope="module")
 def mnist_test_images() -> np.ndarray:
-    return load_test_images(MNIST_DIR).reshape(-1, 28, 28)
+    return mnist_digits()
 
 
-def disguise(digit: np.ndarray, *, scale: int, offset: tuple[int, int],
-             canvas: tuple[int, int] = (320, 240), dark_on_light: bool = True) -> Image.Image:
-    """An MNIST digit enlarged `scale` times and pasted at `offset` (x, y) on a larger canvas."""
-    big = np.asarray(Image.fromarray(digit).resize((28 * scale, 28 * scale),
-                                                   Image.Resampling.BICUBIC))
-    page = np.zeros(canvas[::-1], dtype=np.uint8)
-    x, y = offset
-    page[y:y + big.shape[0], x:x + big.shape[1]] = big
-    return Image.fromarray(255 - page if dark_on_light else page)
+def ink_centroid(image: np.ndarray) -> tuple[float, float]:
+    """(row, column) of the intensity-weighted mean pixel position: the definition, computed here."""
+    weights = image.astype(np.float64)
+    rows, cols = np.indices(image.shape)
+    return float((weights * rows).sum() / weights.sum()), float((weights * cols).sum() / weights.sum())
+
+
+def draw(rects: list[Rect], offset: tuple[int, int], page: tuple[int, int] = (300, 320)) -> np.ndarray:
+    """Black rectangles on a white page, shifted by `offset` (rows, columns)."""
+    image = np.full(page, 255, dtype=np.uint8)
+    for r0, r1, c0, c1 in rects:
+        image[offset[0] + r0:offset[0] + r1, offset[1] + c0:offset[1] + c1] = 0
+    return image
+
+
+def analytic_centre(rects: list[Rect]) -> tuple[float, float]:
+    """Centre of mass of disjoint solid rectangles: the area-weighted mean of their centres
+    (pixel-centre coordinates, so a rectangle r0:r1 has its centre at (r0 + r1 - 1) / 2)."""
+    areas = [(r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in rects]
+    row = sum(a * (r0 + r1 - 1) / 2 for a, (r0, r1, _, _) in zip(areas, rects)) / sum(areas)
+    col = sum(a * (c0 + c1 - 1) / 2 for a, (_, _, c0, c1) in zip(areas, rects)) / sum(areas)
+    return row, col
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,7 +76,7 @@ def test_off_centre_dark_on_light_pngs_become_their_mnist_originals(
 
         assert result.shape == (28, 28) and result.dtype == np.uint8
         assert result.max() == 255 and result[0].max() == 0  # full ink range, empty margin
-        row, col = centre_of_mass(result)
+        row, col = ink_centroid(result)
         assert abs(row - 14) <= 0.51 and abs(col - 14) <= 0.51, (index, row, col)
         correlations.append(correlation(result, mnist_test_images[index]))
     assert min(correlations) > 0.7, correlations
@@ -105,7 +126,10 @@ def test_aspect_ratio_is_kept_and_long_side_is_20(tall: bool) -> None:
     rows = np.flatnonzero(result.any(axis=1))
     cols = np.flatnonzero(result.any(axis=0))
     assert (len(rows), len(cols)) == ((20, 2) if tall else (2, 20))
-    assert centre_of_mass(result) == pytest.approx((14.0, 14.0), abs=0.51)
+    # a solid bar is symmetric: its centre of mass is the middle of its extent
+    assert (rows[0] + rows[-1]) / 2 == pytest.approx(14.0, abs=0.5)
+    assert (cols[0] + cols[-1]) / 2 == pytest.approx(14.0, abs=0.5)
+    assert ink_centroid(result) == pytest.approx((14.0, 14.0), abs=0.51)
 
 
 def test_downscaling_is_antialiased() -> None:
@@ -124,7 +148,38 @@ def test_shift_is_clipped_to_keep_the_whole_digit_inside() -> None:
     rows = np.flatnonzero(result.any(axis=1))
     assert len(rows) == 20 and rows[-1] <= 27       # nothing cut off at the bottom
     assert rows[0] == 8                              # pushed down only as far as it fits
-    assert centre_of_mass(result)[0] < 13           # so the mass centre stays above 14
+    assert ink_centroid(result)[0] < 13             # so the mass centre stays above 14
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_centre_of_mass_lands_where_the_geometry_says(name: str) -> None:
+    """The ink's bounding box is scaled to fit 20 x 20 (by s = 20 / its longer side), which maps a
+    pixel-centre coordinate x to (x + 0.5) s - 0.5, and then shifted by whole pixels to bring the
+    centre of mass nearest (14, 14). So the shape's first ink row and column, and its centre, are
+    known before preprocessing; wherever it is drawn, the result is the same."""
+    rects = SHAPES[name]
+    height, width = max(r[1] for r in rects), max(r[3] for r in rects)
+    scale = 20 / max(height, width)
+    row, col = ((x + 0.5) * scale - 0.5 for x in analytic_centre(rects))
+    top, left = round(14 - row), round(14 - col)
+    results = [preprocess(draw(rects, offset)) for offset in ((0, 0), (13, 101), (97, 7), (100, 160))]
+    for result in results[1:]:
+        np.testing.assert_array_equal(result, results[0])  # translation changes nothing
+    result = results[0]
+    rows, cols = np.flatnonzero(result.any(axis=1)), np.flatnonzero(result.any(axis=0))
+    assert (rows[0], cols[0]) == (top, left)
+    assert (len(rows), len(cols)) == (round(height * scale), round(width * scale))
+    assert ink_centroid(result) == pytest.approx((top + row, left + col), abs=0.05)
+    assert ink_centroid(result) == pytest.approx((14.0, 14.0), abs=0.5)
+    # light ink on dark paper is already MNIST's polarity: the same digit comes out
+    np.testing.assert_array_equal(preprocess(255 - draw(rects, (40, 40))), result)
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_centre_of_mass_helper_matches_the_geometry(name: str) -> None:
+    ink = 255 - draw(SHAPES[name], (31, 17))
+    row, col = analytic_centre(SHAPES[name])
+    assert centre_of_mass(ink) == pytest.approx((row + 31, col + 17), abs=1e-9)
 
 
 @pytest.mark.parametrize("value", [0, 255, 128])

@@ -6,7 +6,6 @@ requests sent (warm-up included) equals the server's. No assertion depends on ho
 
 from __future__ import annotations
 
-import gzip
 import json
 import signal
 import socket
@@ -23,11 +22,8 @@ from service.cli import main as digits_main
 from service.generated.digits.v1 import digits_pb2, digits_pb2_grpc
 from service.loadtest.config import LoadConfig
 from service.loadtest.histogram import LatencyHistogram
-from service.client.mnist_files import read_idx
 from service.loadtest.runner import split_plans
-
-REPO = Path(__file__).resolve().parents[2]
-MNIST = REPO / "data" / "mnist"
+from tests.support import MNIST_DIR, REPO, closed_port
 WARMUP_S, DURATION_S = 0.1, 0.4
 SHORT = ["--warmup", str(WARMUP_S), "--duration", str(DURATION_S), "--timeout", "5"]
 
@@ -70,7 +66,7 @@ def noop():
 def loadtest(tmp_path: Path, *args: str) -> tuple[int, dict]:
     """Runs `digits loadtest ... --json` in-process (its client processes are spawned) and reads the JSON."""
     report = tmp_path / "report.json"
-    code = digits_main(["loadtest", "--mnist-dir", str(MNIST), *args, "--json", str(report)])
+    code = digits_main(["loadtest", "--mnist-dir", str(MNIST_DIR), *args, "--json", str(report)])
     return code, json.loads(report.read_text())
 
 
@@ -162,10 +158,7 @@ def test_silent_server_gives_deadlines_and_inflight_limit(tmp_path, stream):
 
 
 def test_unreachable_target_is_unavailable(tmp_path):
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    code, doc = loadtest(tmp_path, "--target", f"127.0.0.1:{port}", "--concurrency", "1", "--processes", "1",
+    code, doc = loadtest(tmp_path, "--target", f"127.0.0.1:{closed_port()}", "--concurrency", "1", "--processes", "1",
                          "--warmup", "0", "--duration", "0.2", "--timeout", "1")
     assert code == 1
     assert set(doc["runs"][0]["errors"]) == {"UNAVAILABLE"}
@@ -196,22 +189,6 @@ def test_histogram_quantiles_match_numpy_within_half_a_bucket():
     for q in (0.5, 0.9, 0.99, 0.999):
         assert first.quantile(q) == pytest.approx(np.quantile(samples, q), rel=0.01)
     assert first.mean() == pytest.approx(samples.mean())
-
-
-def test_idx_reader_reads_and_rejects(tmp_path):
-    images = np.arange(3 * 784, dtype=np.uint32).astype(np.uint8).reshape(3, 784)
-    header = np.array([0x803, 3, 28, 28], dtype=">u4").tobytes()
-    good = tmp_path / "images-idx3-ubyte.gz"
-    good.write_bytes(gzip.compress(header + images.tobytes()))
-    assert np.array_equal(read_idx(good), images)
-    bad = tmp_path / "labels-idx1-ubyte"
-    bad.write_bytes(np.array([0x801, 3, 0, 0], dtype=">u4").tobytes())
-    with pytest.raises(ValueError, match="magic says 1 dimensions, expected 3"):
-        read_idx(bad, 3)
-    truncated = tmp_path / "short-idx3-ubyte"
-    truncated.write_bytes(header + images.tobytes()[:-1])
-    with pytest.raises(ValueError, match="promises"):
-        read_idx(truncated)
 
 
 def test_load_is_split_over_processes():

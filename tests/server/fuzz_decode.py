@@ -10,20 +10,20 @@ servicers do before the model runs: `decode_pixels`, `requested_outputs`, `wants
 not a valid [N, 784] batch, is a crash.
 
 An empty corpus directory given on the command line is first filled with a few valid requests of
-both APIs as seeds. Short run (the test suite runs it via tests/service/test_hostile_input.py):
+both APIs as seeds. Short run (the test suite runs it via tests/server/test_hostile_input.py):
 
     mkdir -p /tmp/digits-seeds
-    .venv/bin/python tests/service/fuzz_decode.py /tmp/digits-seeds -atheris_runs=20000 -max_total_time=10
+    .venv/bin/python tests/server/fuzz_decode.py /tmp/digits-seeds -atheris_runs=20000 -max_total_time=10
 
 Longer run, keeping the corpus between runs and crash artifacts out of the tree (30 minutes; add
 -jobs=2 -workers=2 to use both cores):
 
     mkdir -p /tmp/digits-fuzz/corpus
-    .venv/bin/python tests/service/fuzz_decode.py /tmp/digits-fuzz/corpus \\
+    .venv/bin/python tests/server/fuzz_decode.py /tmp/digits-fuzz/corpus \\
         -max_total_time=1800 -artifact_prefix=/tmp/digits-fuzz/ -print_final_stats=1
 
 A crash writes `crash-<sha1>` under the artifact prefix; replay it with
-`.venv/bin/python tests/service/fuzz_decode.py <that file>`. With FUZZ_TALLY_FILE=<path> set, the
+`.venv/bin/python tests/server/fuzz_decode.py <that file>`. With FUZZ_TALLY_FILE=<path> set, the
 outcomes (decoded / InvalidInput / DecodeError, per API and input kind) are kept there as JSON.
 """
 

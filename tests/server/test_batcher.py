@@ -1,4 +1,9 @@
-"""The batcher coalesces, bounds, drops expired and cancelled work, on a real onnxruntime session."""
+"""The batcher coalesces, bounds, drops expired and cancelled work, on a real onnxruntime session.
+
+Every ordering here is decided by loop turns, never by wall-clock time: requests submitted before
+the test yields reach the batcher in the same turn, and the one test about the batching window
+runs on a loop whose clock moves only when the test advances it.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from service.server.batcher import Batcher
 from service.server.errors import DeadlineExpired, InferenceError, Overloaded
 from service.server.repository import ModelRepository
 from service.server.runtime import ModelRuntime
-from tests.service.mnist_images import mnist_test_images
+from tests.support.mnist import mnist_test_images
 
 
 class CountingRuntime:
@@ -152,15 +157,57 @@ def test_execution_failure_fails_that_batch_only(runtime):
     np.testing.assert_allclose(probabilities, expected(runtime, images)[0], atol=1e-6)
 
 
+class ManualClock:
+    """A new event loop whose clock moves only by `advance`: a batching window stays open until the
+    test closes it, however long the machine takes between two loop turns."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.now = self.loop.time()
+        self.loop.time = lambda: self.now  # call_later schedules, and fires, on this clock
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def run(self, coroutine):
+        try:
+            return self.loop.run_until_complete(coroutine)
+        finally:
+            self.loop.close()
+
+
+async def turns(count: int = 5) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
 def test_queue_delay_gathers_requests_arriving_later(runtime):
-    images = mnist_test_images()[:2]
+    images = mnist_test_images()[:3]
+    clock = ManualClock()
 
     async def main():
         batcher = batcher_for(runtime, max_queue_delay=0.05)
         first = asyncio.ensure_future(batcher.submit(images[:1], ("probabilities",), None))
-        await asyncio.sleep(0.01)
-        second = asyncio.ensure_future(batcher.submit(images[1:], ("probabilities",), None))
-        await asyncio.gather(first, second)
+        await turns()  # later loop turns, inside the window
+        assert runtime.calls == [] and batcher.queued_images == 1
+        second = asyncio.ensure_future(batcher.submit(images[1:2], ("probabilities",), None))
+        await turns()
+        clock.advance(0.049)
+        await turns()
+        assert runtime.calls == [] and batcher.queued_images == 2  # 1 ms of the window left
+        clock.advance(0.001)
+        await turns()
+        assert first.done() and second.done() and runtime.calls == [2]
+        third = asyncio.ensure_future(batcher.submit(images[2:], ("probabilities",), None))
+        await turns()
+        assert runtime.calls == [2]  # after the window closed: a window of its own
+        clock.advance(0.05)
+        await turns()
+        assert third.done()
+        return [first.result(), second.result(), third.result()]
 
-    asyncio.run(main())
-    assert runtime.calls == [2]
+    results = clock.run(main())
+    assert runtime.calls == [2, 1]
+    want = expected(runtime, images)[0]
+    for k, (probabilities,) in enumerate(results):
+        np.testing.assert_allclose(probabilities, want[k:k + 1], atol=1e-6)

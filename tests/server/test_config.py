@@ -46,11 +46,3 @@ def test_help_lists_every_flag_with_its_environment_variable():
     for f in fields(config.ServeConfig):
         assert "--" + f.name.replace("_", "-") in text
         assert config.env_name(f.name) in text.replace("\n", " ").replace("  ", "")
-
-
-@pytest.mark.parametrize("cpu_max, expected", [("max 100000\n", None), ("150000 100000\n", 2),
-                                               ("50000 100000\n", 1), ("garbage", None)])
-def test_usable_cpus_respects_a_container_cpu_limit(tmp_path, cpu_max, expected):
-    (tmp_path / "cpu.max").write_text(cpu_max)
-    unlimited = config.usable_cpus(tmp_path / "absent")
-    assert config.usable_cpus(tmp_path / "cpu.max") == (min(unlimited, expected) if expected else unlimited)

@@ -11,10 +11,11 @@ from service.generated.digits.v1 import digits_pb2 as dpb
 from service.generated.digits.v1 import digits_pb2_grpc as dgrpc
 from service.generated.inference import grpc_predict_v2_pb2 as vpb
 from service.generated.inference import grpc_predict_v2_pb2_grpc as vgrpc
-from tests.service.mnist_images import mnist_test_images
+from tests.support.messages import ONE
+from tests.support.mnist import mnist_test_images
 
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
-ONE_U8 = mnist_test_images()[:1].tobytes()
+ONE_U8 = ONE.pixels
 ONE_F32 = (mnist_test_images()[:1] / 255).astype("<f4")
 
 
@@ -127,8 +128,7 @@ def test_no_traceback_logged_and_still_serving_after_bad_requests(server, channe
     for case in V2_CASES.values():
         with pytest.raises(grpc.RpcError):
             vgrpc.GRPCInferenceServiceStub(channel).ModelInfer(case[0], timeout=10)
-    response = dgrpc.DigitClassifierStub(channel).Classify(
-        dpb.ClassifyRequest(pixels=ONE_U8, pixel_format=dpb.PIXEL_FORMAT_UINT8), timeout=10)
-    assert len(response.predictions) == 1
+    assert len(dgrpc.DigitClassifierStub(channel).Classify(ONE, timeout=10).predictions) == 1
+    server.sync_log()
     new_log = "".join(server.log_lines[before:])
     assert "Traceback" not in new_log and "ERROR" not in new_log

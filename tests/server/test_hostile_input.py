@@ -1,11 +1,14 @@
 """Hostile input, property-based: whatever a client sends, both APIs answer with the precise status.
 
-In-process, the decoders either return valid pixels (exactly the ones sent) or raise InvalidInput,
-nothing else. Over the wire, against the real `digits serve`, every call ends with the status the
-in-process decoders predict (so only OK, INVALID_ARGUMENT, NOT_FOUND or RESOURCE_EXHAUSTED; never
-UNKNOWN/INTERNAL, never a hang: every call has a deadline), OK answers match the offline oracle,
-the server logs no traceback and no ERROR for any of it, and still answers correctly afterwards.
-Malformed protobuf is sent through bytes-in/bytes-out calls so that it really reaches the server.
+Every generated request carries the faults its generator put in, and so the status it must get
+(hostile_requests.py); any other message is judged field by field against the stated rules
+(hostile_oracle.py). Neither uses the server's code. In-process, the decoders return exactly the
+pixels sent when the generator broke no pixel rule, and raise InvalidInput when it did, nothing
+else. Over the wire, against the real `digits serve`, every call ends with exactly the expected
+status (so only OK, INVALID_ARGUMENT, NOT_FOUND or RESOURCE_EXHAUSTED; never UNKNOWN/INTERNAL,
+never a hang: every call has a deadline), OK answers match the offline model, the server logs no
+traceback and no ERROR for any of it, and still answers correctly afterwards. Malformed protobuf
+is sent through bytes-in/bytes-out calls so that it really reaches the server.
 
 Run with `-s` to see the tally of cases and statuses; it is also written as JSON to
 `<pytest basetemp>/hostile_input_statuses.json`. Set HOSTILE_SCALE=10 for a ten times longer run.
@@ -18,7 +21,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -28,18 +30,19 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.server.errors import InvalidInput
 from service.generated.digits.v1 import digits_pb2 as dpb
 from service.generated.digits.v1 import digits_pb2_grpc as dgrpc
 from service.generated.inference import grpc_predict_v2_pb2 as vpb
 from service.generated.inference import grpc_predict_v2_pb2_grpc as vgrpc
+from service.server.errors import InvalidInput
 from service.server.grpc_api import digits_v1, kserve_v2
-from tests.service.hostile_expect import (ALL_OUTPUTS, ALLOWED, EXHAUSTED, INVALID, MESSAGE_LIMIT, OK,
-                                          StatusTally, expected_digits, expected_v2, sent_pixels_digits,
-                                          sent_pixels_v2, v2_output_arrays)
-from tests.service.hostile_requests import (FEATURES, MODEL, digits_requests, garbled, unknown_fields,
-                                            v2_requests)
-from tests.service.mnist_images import mnist_test_images
+from tests.server.hostile_oracle import (ALLOWED, EXHAUSTED, FEATURES, INVALID, MESSAGE_LIMIT, MODEL, OK,
+                                         StatusTally, digits_images, digits_status, sent_pixels_digits,
+                                         sent_pixels_v2, v2_images, v2_status)
+from tests.server.hostile_requests import digits_cases, digits_requests, garbled, unknown_fields, v2_cases, v2_requests
+from tests.support.messages import ALL_OUTPUTS, classify_request
+from tests.support.messages import v2_outputs as v2_output_arrays
+from tests.support.mnist import mnist_test_images
 
 SCALE = float(os.environ.get("HOSTILE_SCALE", "1"))
 TIMEOUT = 15.0  # seconds; a call that needs longer counts as a hang (DEADLINE_EXCEEDED is not allowed)
@@ -86,11 +89,10 @@ def leaves_server_clean(server, channel, offline):
     before = len(server.log_lines)
     yield
     images = mnist_test_images()[:3]
-    response = dgrpc.DigitClassifierStub(channel).Classify(
-        dpb.ClassifyRequest(pixels=images.tobytes(), pixel_format=dpb.PIXEL_FORMAT_UINT8), timeout=TIMEOUT)
+    response = dgrpc.DigitClassifierStub(channel).Classify(classify_request(images), timeout=TIMEOUT)
     want = offline(images)["probabilities"]
     np.testing.assert_allclose([p.probabilities for p in response.predictions], want, rtol=1e-4, atol=1e-5)
-    time.sleep(0.3)  # the log is read by a thread; let it catch up with what the server wrote
+    server.sync_log()  # the log is read by a thread: wait until it has everything written so far
     new_log = "".join(server.log_lines[before:])
     assert not BAD_LOG.search(new_log), f"server logged an error for client input:\n{new_log[:4000]}"
 
@@ -151,14 +153,19 @@ def check_decoded(pixels: np.ndarray, sent: np.ndarray) -> None:
 
 
 @IN_PROCESS
-@given(request=v2_requests())
-def test_v2_decoding_returns_the_sent_pixels_or_raises_invalid_input(request):
+@given(case=v2_cases())
+def test_v2_decoding_returns_the_sent_pixels_or_raises_invalid_input(case):
+    request = case.request
+    assert v2_status(request, "1") == case.expected, case.faults  # the two derivations agree
+    assert (v2_images(request) is None) == (not case.pixels_valid), case.faults
     try:
         pixels = kserve_v2.decode_pixels(request)
     except InvalidInput as error:
         assert str(error)  # says what is wrong
+        assert not case.pixels_valid, f"refused pixels the generator did not break: {error}"
         TALLY.record("in-process v2 decode_pixels", INVALID)
         return
+    assert case.pixels_valid, f"accepted pixels broken by {case.faults}"
     assert len(pixels) == request.inputs[0].shape[0]
     check_decoded(pixels, sent_pixels_v2(request).astype(pixels.dtype))
     assert isinstance(kserve_v2.wants_raw_output(request), bool)
@@ -166,14 +173,19 @@ def test_v2_decoding_returns_the_sent_pixels_or_raises_invalid_input(request):
 
 
 @IN_PROCESS
-@given(request=digits_requests())
-def test_digits_decoding_returns_the_sent_pixels_or_raises_invalid_input(request):
+@given(case=digits_cases())
+def test_digits_decoding_returns_the_sent_pixels_or_raises_invalid_input(case):
+    request = case.request
+    assert digits_status(request, "1") == case.expected, case.faults
+    assert (digits_images(request) is None) == (not case.pixels_valid), case.faults
     try:
         pixels = digits_v1.decode_pixels(request)
     except InvalidInput as error:
         assert str(error)
+        assert not case.pixels_valid, f"refused pixels the generator did not break: {error}"
         TALLY.record("in-process digits decode_pixels", INVALID)
         return
+    assert case.pixels_valid, f"accepted pixels broken by {case.faults}"
     check_decoded(pixels, sent_pixels_digits(request))
     TALLY.record("in-process digits decode_pixels", OK)
 
@@ -182,30 +194,33 @@ def test_digits_decoding_returns_the_sent_pixels_or_raises_invalid_input(request
 @given(api=st.sampled_from(["v2", "digits"]), data=st.data())
 def test_garbled_bytes_parse_or_fail_cleanly_in_process(api, data):
     """Any byte string either fails to parse (DecodeError) or decodes like any other message."""
-    message_type, strategy, decode = ((vpb.ModelInferRequest, v2_requests(), kserve_v2.decode_pixels)
-                                      if api == "v2" else
-                                      (dpb.ClassifyRequest, digits_requests(), digits_v1.decode_pixels))
+    message_type, strategy, decode, images = (
+        (vpb.ModelInferRequest, v2_requests(), kserve_v2.decode_pixels, v2_images) if api == "v2" else
+        (dpb.ClassifyRequest, digits_requests(), digits_v1.decode_pixels, digits_images))
     payload = data.draw(garbled(strategy))
     try:
         request = message_type.FromString(payload)
     except DecodeError:
         TALLY.record(f"in-process {api} garbled bytes", "DecodeError")
         return
+    expected = images(request)
     try:
         pixels = decode(request)
     except InvalidInput:
+        assert expected is None, f"refused {expected} valid images"
         TALLY.record(f"in-process {api} garbled bytes", INVALID)
         return
-    assert pixels.ndim == 2 and pixels.shape[1] == FEATURES
+    assert pixels.ndim == 2 and pixels.shape[1] == FEATURES and len(pixels) == expected
     TALLY.record(f"in-process {api} garbled bytes", OK)
 
 
 @IN_PROCESS
 @given(api=st.sampled_from(["v2", "digits"]), data=st.data())
 def test_unknown_fields_change_nothing_in_process(api, data):
-    message_type, request, decode = ((vpb.ModelInferRequest, data.draw(v2_requests()), kserve_v2.decode_pixels)
-                                     if api == "v2" else
-                                     (dpb.ClassifyRequest, data.draw(digits_requests()), digits_v1.decode_pixels))
+    message_type, case, decode = ((vpb.ModelInferRequest, data.draw(v2_cases()), kserve_v2.decode_pixels)
+                                  if api == "v2" else
+                                  (dpb.ClassifyRequest, data.draw(digits_cases()), digits_v1.decode_pixels))
+    request = case.request
     parsed = message_type.FromString(request.SerializeToString() + data.draw(unknown_fields()))
 
     def outcome(message):
@@ -216,6 +231,7 @@ def test_unknown_fields_change_nothing_in_process(api, data):
 
     first, second = outcome(request), outcome(parsed)
     assert type(first) is type(second)
+    assert isinstance(first, str) == (not case.pixels_valid), case.faults
     if isinstance(first, str):
         assert first == second
     else:
@@ -230,8 +246,9 @@ def test_unknown_fields_change_nothing_in_process(api, data):
 @given(data=st.data())
 def test_v2_requests_get_the_precise_status_over_the_wire(channel, offline, served, leaves_server_clean, data):
     version, widths = served
-    request = data.draw(v2_requests(versions=("", version)))
-    expected = expected_v2(request, version)
+    case = data.draw(v2_cases(versions=("", version)))
+    request, expected = case.request, case.expected
+    assert v2_status(request, version) == expected, case.faults
     try:
         response = vgrpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=TIMEOUT)
         status = OK
@@ -239,7 +256,7 @@ def test_v2_requests_get_the_precise_status_over_the_wire(channel, offline, serv
         status, response = error.code(), None
         assert error.details()  # every refusal says why
     TALLY.record("wire v2 ModelInfer", status)
-    assert status == expected
+    assert status == expected, case.faults
     if status == OK:
         check_v2_answer(request, response, offline, widths)
 
@@ -249,8 +266,9 @@ def test_v2_requests_get_the_precise_status_over_the_wire(channel, offline, serv
 def test_digits_requests_get_the_precise_status_over_the_wire(channel, offline, served, leaves_server_clean,
                                                               data):
     version, _ = served
-    request = data.draw(digits_requests(versions=("", version)))
-    expected = expected_digits(request, version)
+    case = data.draw(digits_cases(versions=("", version)))
+    request, expected = case.request, case.expected
+    assert digits_status(request, version) == expected, case.faults
     try:
         response = dgrpc.DigitClassifierStub(channel).Classify(request, timeout=TIMEOUT)
         status = OK
@@ -258,7 +276,7 @@ def test_digits_requests_get_the_precise_status_over_the_wire(channel, offline, 
         status, response = error.code(), None
         assert error.details()
     TALLY.record("wire digits Classify", status)
-    assert status == expected
+    assert status == expected, case.faults
     if status == OK:
         check_digits_answer(request, response, offline)
 
@@ -268,16 +286,18 @@ def test_digits_requests_get_the_precise_status_over_the_wire(channel, offline, 
 def test_each_message_of_a_stream_gets_its_own_precise_status(channel, offline, served, leaves_server_clean,
                                                               data):
     version, _ = served
-    requests = data.draw(st.lists(digits_requests(versions=("", version)), min_size=1, max_size=5))
+    cases = data.draw(st.lists(digits_cases(versions=("", version)), min_size=1, max_size=5))
+    requests = [case.request for case in cases]
     for i, request in enumerate(requests):
         request.request_id = str(i)
     answers = list(dgrpc.DigitClassifierStub(channel).ClassifyStream(iter(requests), timeout=TIMEOUT))
     assert sorted(a.request_id for a in answers) == sorted(r.request_id for r in requests)
     for answer in answers:
-        request = requests[int(answer.request_id)]
+        case = cases[int(answer.request_id)]
+        request = case.request
         status = CODES[answer.error.code] if answer.HasField("error") else OK
         TALLY.record("wire digits ClassifyStream message", status)
-        assert status == expected_digits(request, version), answer.error.message
+        assert status == case.expected, (answer.error.message, case.faults)
         if status == OK:
             check_digits_answer(request, answer, offline)
         else:
@@ -289,14 +309,13 @@ def test_each_message_of_a_stream_gets_its_own_precise_status(channel, offline, 
 def test_unknown_fields_are_ignored_over_the_wire(channel, offline, served, leaves_server_clean, api, data):
     version, widths = served
     if api == "v2":
-        request, path = data.draw(v2_requests(versions=("", version))), MODEL_INFER
-        expected, answer_type = expected_v2(request, version), vpb.ModelInferResponse
+        case, path, answer_type = data.draw(v2_cases(versions=("", version))), MODEL_INFER, vpb.ModelInferResponse
     else:
-        request, path = data.draw(digits_requests(versions=("", version))), CLASSIFY
-        expected, answer_type = expected_digits(request, version), dpb.ClassifyResponse
+        case, path, answer_type = data.draw(digits_cases(versions=("", version))), CLASSIFY, dpb.ClassifyResponse
+    request, expected = case.request, case.expected
     status, answers = raw_call(channel, path, request.SerializeToString() + data.draw(unknown_fields()))
     TALLY.record(f"wire {api} unknown fields", status)
-    assert status == expected
+    assert status == expected, case.faults
     if status == OK:
         response = answer_type.FromString(answers[0])
         if api == "v2":
@@ -311,8 +330,8 @@ def test_malformed_protobuf_is_invalid_argument_over_the_wire(channel, served, l
     """Bytes that are not a valid message must be refused as INVALID_ARGUMENT, not UNKNOWN/INTERNAL;
     bytes that happen to parse get the status that message gets."""
     version, _ = served
-    message_type, strategy, expect = ((vpb.ModelInferRequest, v2_requests(), expected_v2) if path == MODEL_INFER
-                                      else (dpb.ClassifyRequest, digits_requests(), expected_digits))
+    message_type, strategy, expect = ((vpb.ModelInferRequest, v2_requests(), v2_status) if path == MODEL_INFER
+                                      else (dpb.ClassifyRequest, digits_requests(), digits_status))
     payload = data.draw(garbled(strategy))
     status, answers = raw_call(channel, path, payload)
     if path == CLASSIFY_STREAM and status == OK and len(answers) == 1:  # per-message status of a stream
@@ -340,10 +359,10 @@ def test_requests_around_the_message_size_limit(channel, served, leaves_server_c
         tensor = vpb.ModelInferRequest.InferInputTensor(name="pixels", datatype="UINT8",
                                                         shape=[size // FEATURES, FEATURES])
         request = vpb.ModelInferRequest(model_name=MODEL, raw_input_contents=[payload], inputs=[tensor])
-        path, expected = MODEL_INFER, expected_v2(request, version)
+        path, expected = MODEL_INFER, v2_status(request, version)
     else:
         request = dpb.ClassifyRequest(pixels=payload, pixel_format=dpb.PIXEL_FORMAT_UINT8)
-        path, expected = CLASSIFY, expected_digits(request, version)
+        path, expected = CLASSIFY, digits_status(request, version)
     if request.ByteSize() > MESSAGE_LIMIT:
         expected = EXHAUSTED
     status, _ = raw_call(channel, path, request.SerializeToString())

@@ -1,45 +1,33 @@
-"""Start-up, readiness, drain and worker supervision of the real `digits serve` process."""
+"""Start-up, readiness, drain and the queue bound of the real `digits serve` process.
+
+Where the order of events matters (a call still queued when the signal lands, a queue still full
+when the next call arrives), the model is held busy by an event (`HeldServer`, released by
+SIGUSR1), never by a batching window a busy machine could let expire.
+"""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
-import threading
-import time
-import urllib.request
-from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from onnx import TensorProto, helper
 
-from service.generated.digits.v1 import digits_pb2 as pb
 from service.generated.digits.v1 import digits_pb2_grpc as pb_grpc
-from tests.service.mnist_images import mnist_test_images
-from tests.service.server_process import RunningServer, wait_for
-from tests.service.steady_load import SteadyLoad
+from service.generated.inference import grpc_predict_v2_pb2 as vpb
+from service.generated.inference import grpc_predict_v2_pb2_grpc as vgrpc
+from tests.support import closed_port, wait_for
+from tests.support.messages import ONE, classify_request
+from tests.support.mnist import mnist_test_images
+from tests.support.models import repository_with, wrong_signature_model
+from tests.support.server import (HEALTH_SERVICES, NOT_SERVING, SERVING, HealthWatch, HeldServer, RunningServer,
+                                  accepts_connections, health_status)
+from tests.support.steady_load import SteadyLoad
 
-ONE = pb.ClassifyRequest(pixel_format=pb.PIXEL_FORMAT_UINT8, pixels=mnist_test_images()[:1].tobytes())
-
-
-def repository_with(tmp_path: Path, model_bytes: bytes | None, version: str = "1") -> Path:
-    folder = tmp_path / "repo" / "mnist_mlp" / version
-    folder.mkdir(parents=True)
-    if model_bytes is not None:
-        (folder / "model.onnx").write_bytes(model_bytes)
-    return tmp_path / "repo"
-
-
-def wrong_signature_model() -> bytes:
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["probabilities"])], "wrong",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 784])],
-                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 784])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+# a channel that keeps trying to connect while nothing listens, without gRPC's growing backoff
+QUICK_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 200)]
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -65,83 +53,95 @@ def test_bad_model_fails_start_up_clearly(tmp_path, case, expected, workers):
     assert expected in server.log and "cannot start" in server.log
 
 
-@pytest.mark.parametrize("workers, sig", [("1", signal.SIGTERM), ("1", signal.SIGINT), ("2", signal.SIGTERM)])
-def test_signal_drains_in_flight_requests_and_exits_zero(workers, sig):
-    # every request waits 0.4 s in the queue, so they are all in flight when the signal lands
-    server = RunningServer("--workers", workers, "--max-queue-delay-us", "400000", "--grace-period", "10")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_health_is_not_serving_until_warm_up_completes(workers):
+    """While every worker's warm-up is held, no health check, readiness call or watch sees SERVING;
+    once it completes, every service is SERVING."""
+    port = closed_port()  # chosen up front: the server announces its port only when it is ready
+    server = HeldServer("--workers", workers, "--port", str(port), hold="warmup", wait=False)
+    address = f"127.0.0.1:{port}"
     try:
-        with grpc.insecure_channel(server.address) as channel:
-            stub = pb_grpc.DigitClassifierStub(channel)
-            health = health_pb2_grpc.HealthStub(channel)
-            statuses = []
-            watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
-            watcher = threading.Thread(target=collect_statuses, args=(watch, statuses), daemon=True)
-            watcher.start()
-            futures = [stub.Classify.future(ONE, timeout=30) for _ in range(40)]
-            assert wait_for(lambda: server.metric("digits_inflight_requests") == 40), "requests never became in flight"
-            server.signal(sig)
-            assert all(len(f.result().predictions) == 1 for f in futures)  # none lost
-            assert wait_for(lambda: health_pb2.HealthCheckResponse.NOT_SERVING in statuses)
-            with pytest.raises(grpc.RpcError) as refused:
-                for _ in range(50):  # draining refuses new calls; keep trying until the server is gone
-                    stub.Classify(ONE, timeout=2)
-                    time.sleep(0.05)
-            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert server.wait_exit(30) == 0, server.log
-        assert statuses[0] == health_pb2.HealthCheckResponse.SERVING
+        assert wait_for(lambda: server.log.count("test hold: warm-up held") == int(workers), timeout=60), server.log
+        with grpc.insecure_channel(address, options=QUICK_RECONNECT) as watched:
+            watch = HealthWatch(watched, "", wait_for_ready=True)
+            with grpc.insecure_channel(address) as channel:
+                for service in HEALTH_SERVICES:  # not listening yet, or listening but NOT_SERVING
+                    assert health_status(channel, service) in ("UNAVAILABLE", "NOT_SERVING"), service
+                try:
+                    v2 = vgrpc.GRPCInferenceServiceStub(channel)
+                    ready = v2.ServerReady(vpb.ServerReadyRequest(), timeout=10).ready
+                except grpc.RpcError as exc:
+                    ready = exc.code().name
+                assert ready in (False, "UNAVAILABLE"), ready
+            assert SERVING not in watch.statuses and "serving grpc=" not in server.log
+            server.release()
+            server.wait_ready(60)
+            assert server.address == address
+            assert wait_for(lambda: SERVING in watch.statuses, timeout=30), watch.statuses
+            with grpc.insecure_channel(address) as channel:
+                for service in HEALTH_SERVICES:
+                    assert health_status(channel, service, wait_for_ready=True) == "SERVING", service
+            watch.cancel()
     finally:
-        server.stop()
-
-
-def collect_statuses(watch, statuses: list) -> None:
-    try:
-        statuses.extend(response.status for response in watch)
-    except grpc.RpcError:  # the server went away: the watch ends
-        pass
-
-
-def worker_pids(supervisor_pid: int) -> list[int]:
-    children = Path(f"/proc/{supervisor_pid}/task/{supervisor_pid}/children").read_text().split()
-    return [int(pid) for pid in children]
-
-
-def test_killed_worker_is_replaced_and_others_keep_serving():
-    server = RunningServer("--workers", "2")
-    try:
-        first = worker_pids(server.process.pid)
-        assert len(first) == 2
-        os.kill(first[0], signal.SIGKILL)
-        assert wait_for(lambda: "starting a replacement" in server.log)
-        assert wait_for(lambda: len(worker_pids(server.process.pid)) == 2 and first[0] not in worker_pids(server.process.pid))
-        for _ in range(20):  # new connections land on either worker; all must answer
-            with grpc.insecure_channel(server.address) as channel:
-                assert wait_for(lambda: _classify_ok(channel), timeout=10)
-    finally:
+        server.release()
         assert server.stop() == 0, server.log
 
 
-def _classify_ok(channel) -> bool:
-    try:
-        return len(pb_grpc.DigitClassifierStub(channel).Classify(ONE, timeout=5).predictions) == 1
-    except grpc.RpcError:
-        return False
-
-
-def test_full_queue_is_resource_exhausted_at_once():
-    server = RunningServer("--workers", "1", "--max-queue-size", "10", "--max-queue-delay-us", "300000")
+@pytest.mark.parametrize("workers, sig", [("1", signal.SIGTERM), ("1", signal.SIGINT), ("2", signal.SIGTERM)])
+def test_signal_drains_in_flight_requests_and_exits_zero(workers, sig):
+    """40 calls are held in the queue when the signal lands: every health service turns NOT_SERVING,
+    new calls are refused with UNAVAILABLE while the 40 are still held, then all 40 are answered."""
+    server = HeldServer("--workers", workers, "--grace-period", "60")
+    port = int(server.address.rsplit(":", 1)[1])
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.DigitClassifierStub(channel)
-            five = pb.ClassifyRequest(pixel_format=pb.PIXEL_FORMAT_UINT8, pixels=mnist_test_images()[:5].tobytes())
-            accepted = [stub.Classify.future(five, timeout=10) for _ in range(2)]
+            watches = [HealthWatch(channel, service) for service in HEALTH_SERVICES]
+            assert wait_for(lambda: all(w.statuses == [SERVING] for w in watches)), [w.statuses for w in watches]
+            futures = [stub.Classify.future(ONE, timeout=60) for _ in range(40)]
+            assert wait_for(lambda: server.metric("digits_inflight_requests") == 40), "never in flight"
+            server.signal(sig)
+            assert wait_for(lambda: all(NOT_SERVING in w.statuses for w in watches), timeout=30), \
+                {w.service: w.statuses for w in watches}
+            assert not any(f.done() for f in futures)  # the drain began with all 40 in flight
+            assert wait_for(lambda: not accepts_connections(port), timeout=30)  # listeners closed
+            with pytest.raises(grpc.RpcError) as refused:  # on the connection the 40 are on
+                stub.Classify(ONE, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            with grpc.insecure_channel(server.address) as fresh, pytest.raises(grpc.RpcError) as refused:
+                pb_grpc.DigitClassifierStub(fresh).Classify(ONE, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert not any(f.done() for f in futures)
+            server.release()
+            assert all(len(f.result().predictions) == 1 for f in futures)  # none lost
+            for watch in watches:
+                watch.cancel()
+        assert server.wait_exit(30) == 0, server.log
+        for watch in watches:
+            assert watch.statuses[0] == SERVING and watch.statuses[-1] == NOT_SERVING, (watch.service, watch.statuses)
+            assert SERVING not in watch.statuses[watch.statuses.index(NOT_SERVING):]
+    finally:
+        server.release()
+        server.stop()
+
+
+def test_full_queue_is_resource_exhausted_at_once():
+    server = HeldServer("--workers", "1", "--max-queue-size", "10")
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.DigitClassifierStub(channel)
+            five = classify_request(mnist_test_images()[:5])
+            accepted = [stub.Classify.future(five, timeout=30) for _ in range(2)]
             assert wait_for(lambda: server.metric("digits_inflight_requests") == 2)
             with pytest.raises(grpc.RpcError) as error:
                 stub.Classify(five, timeout=10)
-            assert not any(f.done() for f in accepted)  # refused at once, not after the queue moved
+            assert not any(f.done() for f in accepted)  # refused at once, while the queue was still full
             assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "queue is full" in error.value.details()
+            assert "queue is full (10 images waiting, limit 10)" in error.value.details()
+            server.release()
             assert all(len(f.result().predictions) == 5 for f in accepted)
     finally:
+        server.release()
         assert server.stop() == 0
 
 
@@ -153,26 +153,31 @@ def test_environment_configures_the_server(tmp_path, model_path):
     try:
         assert '"message": "serving grpc=' in server.log
         with grpc.insecure_channel(server.address) as channel:
-            assert _classify_ok(channel)
+            assert len(pb_grpc.DigitClassifierStub(channel).Classify(ONE, timeout=10).predictions) == 1
     finally:
         assert server.stop() == 0
 
 
 def test_request_whose_deadline_passes_in_the_queue_is_not_computed():
-    server = RunningServer("--workers", "1", "--max-queue-delay-us", "300000")
+    server = HeldServer("--workers", "1")
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.DigitClassifierStub(channel)
             with pytest.raises(grpc.RpcError) as error:
-                stub.Classify(ONE, timeout=0.15)  # waits 0.3 s in the queue: too late
+                stub.Classify(ONE, timeout=0.5)  # held in the queue past its deadline
             assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert wait_for(lambda: server.metric("digits_inflight_requests") == 0)  # the server gave up too
+            server.release()
             assert len(stub.Classify(ONE, timeout=10).predictions) == 1
-        text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-        assert "digits_batch_size_count 1.0" in text  # only the second request reached the model
+        assert server.metric("digits_batch_size_count") == 1  # only the second request reached the model
+        assert server.metric("digits_images_classified_total") == 1
         # the client's timer usually fires first and cancels the call while the server's copy of the
         # deadline (which started when the call arrived) has a few ms left: then the server sees CANCELLED
-        assert 'code="DEADLINE_EXCEEDED",method="Classify"' in text or 'code="CANCELLED",method="Classify"' in text
+        late = server.metric("digits_requests_total", 'code="DEADLINE_EXCEEDED",method="Classify"')
+        cancelled = server.metric("digits_requests_total", 'code="CANCELLED",method="Classify"')
+        assert late + cancelled == 1
     finally:
+        server.release()
         assert server.stop() == 0
 
 
@@ -182,13 +187,16 @@ def test_sigterm_under_sustained_load_loses_nothing(workers):
     server = RunningServer("--workers", workers, "--grace-period", "10")
     load = SteadyLoad(server.address, threads=6)
     try:
-        assert wait_for(lambda: load.succeeded > 300)
+        assert wait_for(lambda: load.succeeded > 300, timeout=30)
         server.signal(signal.SIGTERM)
         assert server.wait_exit(30) == 0, server.log
-        time.sleep(0.2)  # calls after the exit: refused, never accepted
+        refused = sum(load.failures.values())
+        assert wait_for(lambda: sum(load.failures.values()) > refused + 6)  # calls after the exit: refused
     finally:
-        load.stop()
-        server.stop()
+        try:
+            load.stop()
+        finally:
+            server.stop()
     # UNAVAILABLE: refused while draining or after exit. CANCELLED: gRPC core cancels calls that reach
     # it in the instant between shutdown and its GOAWAY reaching the client; they never reached a
     # handler, which the equal counts below prove (a processed call that the client lost would differ).

@@ -1,4 +1,8 @@
-"""Overload and departed clients: bounded work, fast refusals, no collapse, nothing computed for nobody."""
+"""Overload and departed clients: bounded work, fast refusals, no collapse, nothing computed for nobody.
+
+The admission and departed-client tests hold the model busy by an event (`HeldServer`), so the
+calls they count on are still in flight, whatever the machine's load, until the test releases them.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +13,10 @@ from collections import Counter
 import grpc
 import numpy as np
 
-from service.generated.digits.v1 import digits_pb2 as pb
 from service.generated.digits.v1 import digits_pb2_grpc as pb_grpc
-from tests.service.mnist_images import mnist_test_images
-from tests.service.server_process import RunningServer, wait_for
-
-ONE = pb.ClassifyRequest(pixel_format=pb.PIXEL_FORMAT_UINT8, pixels=mnist_test_images()[:1].tobytes())
-
-
-def rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+from tests.support import wait_for
+from tests.support.messages import ONE
+from tests.support.server import HeldServer, RunningServer, rss_mb
 
 
 async def burst(address: str, calls: int, deadline: float) -> tuple[Counter, list[float], float]:
@@ -69,13 +64,13 @@ def test_far_above_capacity_excess_is_refused_and_nothing_is_wasted():
 
 
 def test_calls_over_the_admission_limit_get_resource_exhausted():
-    # calls wait 0.3 s in the batching queue, so the first 8 hold every admission slot
-    server = RunningServer("--workers", "1", "--max-concurrent-rpcs", "8", "--max-queue-delay-us", "300000")
+    # the first 8 calls are held in the queue, so they hold every admission slot until released
+    server = HeldServer("--workers", "1", "--max-concurrent-rpcs", "8")
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.DigitClassifierStub(channel)
             holding = [stub.Classify.future(ONE, timeout=30) for _ in range(8)]
-            wait_for(lambda: server.metric("digits_inflight_requests") == 8)
+            assert wait_for(lambda: server.metric("digits_inflight_requests") == 8)
             outcomes = Counter()
             for _ in range(4):  # one at a time: each meets a full house
                 try:
@@ -85,24 +80,32 @@ def test_calls_over_the_admission_limit_get_resource_exhausted():
                     outcomes[exc.code().name] += 1
                     assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                     assert "limit of 8 calls (--max-concurrent-rpcs)" in exc.details()
+            assert not any(call.done() for call in holding)
+            server.release()
             outcomes["OK"] += sum(len(call.result().predictions) for call in holding)
         assert outcomes == {"OK": 8, "RESOURCE_EXHAUSTED": 4}
+        assert server.metric("digits_requests_total", 'code="RESOURCE_EXHAUSTED"') == 4
     finally:
+        server.release()
         assert server.stop() == 0
 
 
 def test_client_that_leaves_costs_no_compute():
-    server = RunningServer("--workers", "1", "--max-queue-delay-us", "400000")
+    server = HeldServer("--workers", "1")
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.DigitClassifierStub(channel)
             leaving = [stub.Classify.future(ONE, timeout=30) for _ in range(10)]
-            wait_for(lambda: server.metric("digits_inflight_requests") == 10)
+            assert wait_for(lambda: server.metric("digits_inflight_requests") == 10)
             for future in leaving:
                 future.cancel()
-            time.sleep(0.6)  # past the queue delay: the batch would have been computed by now
+            # the server has seen every cancellation before the model may run
+            assert wait_for(lambda: server.metric("digits_inflight_requests") == 0)
+            assert server.metric("digits_requests_total", 'code="CANCELLED"') == 10
+            server.release()
             assert len(stub.Classify(ONE, timeout=10).predictions) == 1
         assert server.metric("digits_batch_size_count") == 1  # only the request that stayed
         assert server.metric("digits_images_classified_total") == 1
     finally:
+        server.release()
         assert server.stop() == 0

@@ -1,4 +1,4 @@
-"""TLS, mutual TLS and the bearer token, with certificates generated at test time."""
+"""TLS, mutual TLS, the bearer token and the plaintext warning, with certificates generated at test time."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.generated.digits.v1 import digits_pb2 as pb
 from service.generated.digits.v1 import digits_pb2_grpc as pb_grpc
 from service.generated.inference import grpc_predict_v2_pb2 as vpb
 from service.generated.inference import grpc_predict_v2_pb2_grpc as vgrpc
-from tests.service.certificates import CertificateAuthority
-from tests.service.mnist_images import mnist_test_images
-from tests.service.server_process import RunningServer
+from tests.support.certificates import CertificateAuthority
+from tests.support.messages import ONE
+from tests.support.server import RunningServer
 
-ONE = pb.ClassifyRequest(pixel_format=pb.PIXEL_FORMAT_UINT8, pixels=mnist_test_images()[:1].tobytes())
+PLAINTEXT_WARNING = "serving PLAINTEXT on"
 TOKEN = "s3cret-token-value"
 
 
@@ -101,3 +100,23 @@ def test_bearer_token_guards_inference_but_not_health(tmp_path, source):
     finally:
         assert server.stop() == 0
     assert TOKEN not in server.log
+
+
+def test_plaintext_off_loopback_is_logged_as_a_warning(pki):
+    """Bound to every interface (never called there: these tests only connect to 127.0.0.1), plaintext
+    logs the warning once per process and TLS does not; on loopback there is nothing to warn about."""
+    plain = RunningServer("--workers", "1", "--host", "0.0.0.0")
+    try:
+        assert plain.address.startswith("0.0.0.0:")
+    finally:
+        assert plain.stop() == 0, plain.log
+    (line,) = [line for line in plain.log_lines if PLAINTEXT_WARNING in line]
+    assert " WARNING " in line and "serving PLAINTEXT on 0.0.0.0" in line and "--tls-cert" in line
+    encrypted = RunningServer("--workers", "1", "--host", "0.0.0.0", "--tls-cert", str(pki["server"].cert),
+                              "--tls-key", str(pki["server"].key))
+    assert encrypted.stop() == 0, encrypted.log
+    assert "serving grpc=0.0.0.0:" in encrypted.log and PLAINTEXT_WARNING not in encrypted.log
+
+
+def test_no_plaintext_warning_on_loopback(server):
+    assert "serving grpc=127.0.0.1:" in server.log and PLAINTEXT_WARNING not in server.log

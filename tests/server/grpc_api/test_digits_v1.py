@@ -10,20 +10,14 @@ import pytest
 
 from service.generated.digits.v1 import digits_pb2 as pb
 from service.generated.digits.v1 import digits_pb2_grpc as pb_grpc
-from tests.service.mnist_images import mnist_test_images, mnist_test_labels
+from tests.support.messages import classify_request as uint8_request
+from tests.support.messages import probabilities_of as probabilities
+from tests.support.mnist import mnist_test_images, mnist_test_labels
 
 
 @pytest.fixture(scope="module")
 def stub(channel):
     return pb_grpc.DigitClassifierStub(channel)
-
-
-def uint8_request(images: np.ndarray, **kwargs) -> pb.ClassifyRequest:
-    return pb.ClassifyRequest(pixel_format=pb.PIXEL_FORMAT_UINT8, pixels=images.tobytes(), **kwargs)
-
-
-def probabilities(response: pb.ClassifyResponse) -> np.ndarray:
-    return np.array([list(p.probabilities) for p in response.predictions], np.float32)
 
 
 def test_uint8_batch_matches_offline_model(stub, offline):

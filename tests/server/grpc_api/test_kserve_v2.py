@@ -7,43 +7,14 @@ import pytest
 
 from service.generated.inference import grpc_predict_v2_pb2 as pb
 from service.generated.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from tests.service.mnist_images import mnist_test_images
-
-ALL_OUTPUTS = ["probabilities", "logits", "activation_1", "activation_2"]
-WIDTHS = {"probabilities": 10, "logits": 10, "activation_1": 16, "activation_2": 16}
+from tests.support.messages import ALL_OUTPUTS, WIDTHS, infer_request
+from tests.support.messages import v2_outputs as outputs_of
+from tests.support.mnist import mnist_test_images
 
 
 @pytest.fixture(scope="module")
 def stub(channel):
     return pb_grpc.GRPCInferenceServiceStub(channel)
-
-
-def infer_request(pixels: np.ndarray, datatype: str, shape=None, outputs=(), raw=True, **kwargs):
-    tensor = pb.ModelInferRequest.InferInputTensor(name="pixels", datatype=datatype,
-                                                   shape=shape or [len(pixels), 784])
-    request = pb.ModelInferRequest(model_name="mnist_mlp", inputs=[tensor], id="req-7",
-                                   outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in outputs],
-                                   **kwargs)
-    contents = request.inputs[0].contents  # the request holds a copy of `tensor`
-    if raw:
-        request.raw_input_contents.append(pixels.tobytes())
-    elif datatype == "FP32":
-        contents.fp32_contents.extend(pixels.ravel().tolist())
-    else:
-        contents.uint_contents.extend(pixels.ravel().tolist())
-    return request
-
-
-def outputs_of(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
-    result = {}
-    for i, tensor in enumerate(response.outputs):
-        assert tensor.datatype == "FP32"
-        if response.raw_output_contents:
-            values = np.frombuffer(response.raw_output_contents[i], "<f4")
-        else:
-            values = np.array(tensor.contents.fp32_contents, np.float32)
-        result[tensor.name] = values.reshape(tuple(tensor.shape))
-    return result
 
 
 def test_server_and_model_metadata(stub):
@@ -82,7 +53,7 @@ def test_output_selection_and_default_all(stub, offline):
     for name, values in outputs_of(chosen).items():
         np.testing.assert_allclose(values, expected[name], atol=1e-5)
     everything = outputs_of(stub.ModelInfer(infer_request(images, "UINT8")))
-    assert list(everything) == ALL_OUTPUTS
+    assert list(everything) == list(ALL_OUTPUTS)
     for name in ALL_OUTPUTS:
         assert everything[name].shape == (4, WIDTHS[name])
         np.testing.assert_allclose(everything[name], expected[name], atol=1e-5)
@@ -93,13 +64,3 @@ def test_binary_data_output_parameter_gives_raw_outputs_for_typed_input(stub):
     request.parameters["binary_data_output"].bool_param = True
     response = stub.ModelInfer(request)
     assert len(response.raw_output_contents) == 1 and len(response.raw_output_contents[0]) == 2 * 10 * 4
-
-
-
-@pytest.mark.parametrize("size", [0, 1, 127, 128, 16_383, 16_384, 2_097_152])
-def test_hand_encoded_output_field_is_what_protobuf_writes(size):
-    from service.server.grpc_api.kserve_v2 import length_delimited
-
-    payload = (bytes(range(256)) * (size // 256 + 1))[:size]
-    assert length_delimited(6, payload) == pb.ModelInferResponse(raw_output_contents=[payload]).SerializeToString()
-    assert length_delimited(3, b"req-7") == pb.ModelInferResponse(id="req-7").SerializeToString()

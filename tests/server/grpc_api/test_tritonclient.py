@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.service.mnist_images import mnist_test_images
+from tests.support import REPO
+from tests.support.mnist import mnist_test_images
 
 SCRIPT = Path(__file__).with_name("tritonclient_check.py")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_tritonclient_metadata_readiness_and_inference(server, offline):

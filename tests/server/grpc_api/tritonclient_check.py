@@ -14,7 +14,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 sys.path.insert(0, sys.argv[2])
-from tests.service.mnist_images import mnist_test_images  # noqa: E402
+from tests.support.mnist import mnist_test_images  # noqa: E402
 
 
 def main(address: str) -> dict:
