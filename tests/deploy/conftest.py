@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+
 DEPLOY = REPO / "deploy"
 # deploy/ci is a folder of scripts, not a package: put it (and the smoke helpers) on the path.
 for folder in (DEPLOY / "ci", DEPLOY / "ci" / "smoke"):

@@ -12,7 +12,8 @@ import re
 from typing import Any
 
 from service.server import config as serve_config
-from tests.deploy.conftest import DEPLOY, REPO, one
+from tests.deploy.conftest import DEPLOY, one
+from tests.support import REPO
 
 SUPERVISOR_MARGIN_S = 5  # service.server.workers waits grace_period + 5 s for its workers
 

@@ -6,12 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from model_export.paths import REPO_ROOT
+from tests.support import REPO
 
 DIGITS = Path(sys.executable).parent / "digits"
 
 
-def run_digits(*args: str, cwd: Path = REPO_ROOT, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_digits(*args: str, cwd: Path = REPO, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the installed `digits` console script (or the same entry point via -m)."""
     command = [str(DIGITS)] if DIGITS.exists() else [sys.executable, "-m", "service.cli"]
     return subprocess.run(

@@ -15,6 +15,7 @@ from model_export.mnist import dataset_sha256
 from model_export.onnx_export import read_metadata
 from model_export.params import load_params, save_params
 from tests.model_export.helpers import run_digits
+from tests.support import MODELS
 
 TINY = ["--layers", "784,12,10", "--epochs", "2", "--train-limit", "3000", "--validation-size", "500", "--seed", "3"]
 
@@ -75,7 +76,7 @@ def test_export_recreates_the_same_onnx_from_params(trained, tmp_path: Path) -> 
 
 
 def test_export_of_bare_params_measures_accuracy(tmp_path: Path) -> None:
-    params = load_params(Path(__file__).resolve().parents[2] / "models" / "mnist_mlp" / "1" / "params.npz")
+    params = load_params(MODELS / "mnist_mlp" / "1" / "params.npz")
     bare = save_params(tmp_path / "bare.npz", params.mlp)  # no provenance metadata at all
     done = run_digits("export", "--params", str(bare), "--out", str(tmp_path / "m.onnx"))
     assert done.returncode == 0, done.stderr

@@ -21,9 +21,7 @@ from model_export.mnist import (
     load_split,
     parse_idx,
 )
-from model_export.paths import REPO_ROOT
-
-MNIST_DIR = REPO_ROOT / "data" / "mnist"
+from tests.support import MNIST_DIR
 
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # from data/mnist/README.md
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

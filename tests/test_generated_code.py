@@ -1,0 +1,56 @@
+"""The committed protobuf code is what proto/ generates, and our V2 messages match tritonclient's."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import subprocess
+import sys
+
+from service.generated.inference import grpc_predict_v2_pb2 as ours
+from tests.support import REPO
+from tests.support.descriptor_shape import describe
+
+sys.path.insert(0, str(REPO / "proto"))
+import generate  # noqa: E402
+
+
+def test_generated_code_is_fresh(tmp_path):
+    written = generate.generate(tmp_path)
+    committed = REPO / "service" / "generated"
+    stale = [str(rel) for rel in written if not filecmp.cmp(tmp_path / rel, committed / rel, shallow=False)]
+    extra = sorted(str(p.relative_to(committed)) for p in committed.rglob("*.py*")
+                   if "__pycache__" not in p.parts and p.relative_to(committed) not in written)
+    assert not stale and not extra, f"run `python proto/generate.py`; stale: {stale}, unexpected: {extra}"
+
+
+TRITON_SIDE = """
+import json, sys
+from tritonclient.grpc import service_pb2
+sys.path.insert(0, sys.argv[1])
+from tests.support.descriptor_shape import describe
+out = {}
+for message in service_pb2.DESCRIPTOR.message_types_by_name.values():
+    out.update(describe(message))
+print(json.dumps(out))
+"""
+
+
+def test_open_inference_messages_are_wire_compatible_with_tritonclient():
+    run = subprocess.run([sys.executable, "-c", TRITON_SIDE, str(REPO)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    theirs = json.loads(run.stdout)
+    mine = {}
+    for message in ours.DESCRIPTOR.message_types_by_name.values():
+        mine.update(describe(message))
+    for name, fields in mine.items():
+        assert name in theirs, name
+        their_fields = {tuple(f[:2]): f for f in map(tuple, theirs[name])}
+        for field in fields:
+            assert their_fields.get(tuple(field[:2])) == tuple(field), f"{name}.{field[0]} differs from Triton's"
+    their_service = json.loads(subprocess.run(
+        [sys.executable, "-c", "import json; from tritonclient.grpc import service_pb2 as s; "
+         "print(json.dumps([m.name for m in s.DESCRIPTOR.services_by_name['GRPCInferenceService'].methods]))"],
+        capture_output=True, text=True, check=True).stdout)
+    our_methods = [m.name for m in ours.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods]
+    assert set(our_methods) <= set(their_service)
