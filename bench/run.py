@@ -9,11 +9,15 @@
     `digits serve`, and with --triton a tritonserver 2.51 running the same ONNX model in its
     Python backend (bench/triton_peer.py; it speaks KServe V2 with FP32 input only, so the
     digits.v1 and uint8 cases are marked not applicable for it).
-Every peer is measured by the same load tester (`service.loadtest`), closed loop, in rounds that
-rotate which peer goes first. Over each run's measured window only (warm-up excluded) the script
-reads from /proc the CPU time of the server's whole process tree and of the load tester's client
-processes. It prints every figure, ratios against the floor and against Triton, issue #11's bars
-with PASS/FAIL/SKIP, and the RSS of every service worker across a long run.
+Every peer is measured by the same client, closed loop, in rounds that rotate which peer goes
+first: `--client h2load` (the default when the binary is on PATH; bench/h2load_client.py) drives
+the unary cases with nghttp2's compiled HTTP/2 load generator, so the client's own CPU no longer
+decides the ratios; `--client python` (the default with --quick, and always for the streaming
+case, which h2load cannot drive) uses our Python load tester (`service.loadtest`). Over each run's
+measured window only (warm-up excluded) the script reads from /proc the CPU time of the server's
+whole process tree and of the client's processes. It prints every figure and which client
+measured it, ratios against the floor and against Triton, issue #11's bars with PASS/FAIL/SKIP,
+and the RSS of every service worker across a long run.
 """
 
 from __future__ import annotations
@@ -24,20 +28,28 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python bench/run.py` from anywhere
     sys.path.insert(0, str(REPO))
 
+from bench import h2load_client as h2load  # noqa: E402
 from bench.triton_peer import TritonPeer, process_tree_cpu_seconds  # noqa: E402
+from service.contract import DEFAULT_MODEL_NAME  # noqa: E402
 from service.cpus import usable_cpus  # noqa: E402
 from service.loadtest.config import LoadConfig  # noqa: E402
 from service.client.mnist_files import load_test_images  # noqa: E402
@@ -49,6 +61,7 @@ MB = 1024 * 1024
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CPUS = usable_cpus()
 FLOOR, SERVICE, TRITON = "floor", "service", "triton"
+PYTHON, H2LOAD = "python", "h2load"
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,7 @@ class Peer:
     target: str
     pid: int
     v2_float32_only: bool = False  # Triton: KServe V2 only, and the peer's model config takes FP32
+    metrics_url: str = ""          # the service's /metrics: its own count of requests by status code
 
     def not_applicable(self, case: Case) -> str | None:
         """Why this peer cannot run `case`, or None when it can."""
@@ -184,16 +198,29 @@ def _children(pid: int) -> list[int]:
     return sorted(found)
 
 
-def requests_counted(metrics_url: str) -> float | None:
-    """The service's own count of inference requests: the sum of digits_requests_total."""
+METRIC_CODE = re.compile(r'^digits_requests_total\{.*\bcode="([^"]+)".*\} (\S+)$')
+
+
+def requests_by_code(metrics_url: str) -> dict[str, float] | None:
+    """The service's own count of inference requests by gRPC status (digits_requests_total, all APIs)."""
     import urllib.request
 
     if not metrics_url.startswith("http://127.0.0.1:"):
         return None  # only ever the local server this script started
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1, never via a proxy
+    with opener.open(metrics_url, timeout=10) as response:
         text = response.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("digits_requests_total{"))
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if match := METRIC_CODE.match(line):
+            counts[match.group(1)] = counts.get(match.group(1), 0.0) + float(match.group(2))
+    return counts
+
+
+def requests_counted(metrics_url: str) -> float | None:
+    """The service's own count of inference requests: the sum of digits_requests_total."""
+    counts = requests_by_code(metrics_url)
+    return None if counts is None else sum(counts.values())
 
 
 def rss_mb(pid: int) -> float | None:
@@ -244,15 +271,16 @@ def process_cpu_seconds(pid: int) -> float | None:
 
 
 class WindowMeter:
-    """CPU of a server's process tree and of the load tester's clients over one measured window.
+    """CPU of a server's process tree and of the load generator's processes over one measured window.
 
-    `run_load` tells `start` when the measured window opens and closes (it alone knows where the
-    warm-up ends) and the client processes' ids; a thread reads /proc at those two instants, so
-    the warm-up's CPU (connection set-up, first-touch allocations, the first model runs) is not
-    charged to the measured requests. The server side is the whole tree (supervisor + workers,
-    tritonserver + its Python-backend stubs); the clients are `python -m service.loadtest.worker`
-    children of this process, one per `--processes`. /proc counts in clock ticks (10 ms): under
-    1 % of a busy server's CPU over a 2 s window.
+    `run_load` (or `h2load.run_h2load`) tells `start` when the measured window opens and closes
+    (only the client knows where the warm-up ends) and the client processes' ids; a thread reads
+    /proc at those two instants, so the warm-up's CPU (connection set-up, first-touch allocations,
+    the first model runs) is not charged to the measured requests. The server side is the whole
+    tree (supervisor + workers, tritonserver + its Python-backend stubs); the clients are the
+    `python -m service.loadtest.worker` children of this process, one per `--processes`, or the
+    one h2load process. /proc counts in clock ticks (10 ms): under 1 % of a busy server's CPU over
+    a 2 s window.
     """
 
     def __init__(self, server_pid: int) -> None:
@@ -309,11 +337,112 @@ def load_config(case: Case, target: str, args: argparse.Namespace) -> LoadConfig
 
 
 def measure(case: Case, peer: Peer, args: argparse.Namespace) -> dict:
-    """One load run of `case` against `peer`, plus server and client CPU over its measured window."""
+    """One Python-load-tester run of `case` against `peer`, plus server and client CPU over its measured window."""
     meter = WindowMeter(peer.pid)
     run = run_load(load_config(case, peer.target, args), on_window=meter.start)
     run.update(meter.figures(run["rps"]))
+    run["client"] = PYTHON
+    run["client_label"] = f"python {min(args.processes, case.concurrency)} proc × {args.channels} conn"
     return run
+
+
+PROBES = 1  # real gRPC calls per h2load measurement: they are in the server's counts too
+
+
+@dataclass(frozen=True)
+class H2loadInput:
+    """What h2load sends for one case, and what the one real gRPC call must get back; built once a run."""
+
+    payload: h2load.Payload
+    body: Path                # the gRPC-framed message, h2load's -d file
+    expected: np.ndarray      # onnxruntime's probabilities for the payload's batch
+
+
+def uses_h2load(case: Case, args: argparse.Namespace) -> bool:
+    """h2load drives every unary case when chosen; it cannot drive a gRPC stream."""
+    return args.client == H2LOAD and not case.stream
+
+
+def prepare_h2load(cases: list[Case], model: Path, directory: Path) -> dict[str, H2loadInput]:
+    """Payload, body file and expected answer of every case h2load drives (the same bytes for every peer)."""
+    inputs = {}
+    for case in cases:
+        payload = h2load.build_payload(case.api, case.batch_size, case.dtype, case.activations, DEFAULT_MODEL_NAME,
+                                       REPO / "data" / "mnist")
+        body = directory / f"{case.key}.body"
+        body.write_bytes(payload.grpc_frame())
+        inputs[case.key] = H2loadInput(payload, body, h2load.reference_probabilities(model, payload))
+    return inputs
+
+
+def measure_h2load(case: Case, peer: Peer, args: argparse.Namespace, given: H2loadInput, log_file: Path) -> dict:
+    """One real gRPC call (the probe), an h2load warm-up run, then the measured h2load run with its CPU window.
+
+    The warm-up is an h2load run of its own, not h2load's --warm-up-time, because h2load's summary
+    leaves a built-in warm-up's requests out: with two runs every call h2load started is in one of
+    the two summaries, so the server's own count can be checked against them. The floor's reply is
+    a fixed one, so its probe checks shapes only; real models' also their probabilities.
+    """
+    connections, streams = h2load.connection_shape(case.concurrency, args.h2load_connections)
+    problems = h2load.probe(peer.target, given.payload, None if peer.name == FLOOR else given.expected)
+    warm = ([h2load.run_h2load(peer.target, given.payload, given.body, connections, streams, args.warmup)]
+            if args.warmup > 0 else [])
+    meter = WindowMeter(peer.pid)
+    run = h2load.run_h2load(peer.target, given.payload, given.body, connections, streams, args.duration, log_file,
+                            on_window=meter.start)
+    run.update(meter.figures(run["rps"]))
+    run["client_label"] = f"h2load -c {connections} -m {streams}"
+    run["probe_problems"] = problems
+    run["h2load_runs"] = [each["h2load"] for each in (*warm, run)]  # warm-up first
+    run["sent_total"] = PROBES + sum(each["sent_total"] for each in (*warm, run))
+    return run
+
+
+def _h2load_totals(run: dict) -> tuple[int, int, int]:
+    """(calls started, HTTP 200s, calls left in flight when h2load stopped) over the warm-up and measured runs."""
+    started = sum(each["started"] for each in run["h2load_runs"])
+    done = sum(each["done"] for each in run["h2load_runs"])
+    return started, sum(each["2xx"] for each in run["h2load_runs"]), started - done
+
+
+def service_accounting(run: dict, before: dict[str, float], after: dict[str, float]) -> dict:
+    """The service's own count (/metrics, by status) over an h2load measurement against h2load's counts.
+
+    h2load sees HTTP statuses only and a gRPC error is HTTP 200, so every HTTP 200 h2load saw (and
+    the probe) must be an OK in the service's count. The calls h2load left in flight when its timer
+    ended are the only slack: it resets them, and the service records each as OK (it had answered),
+    CANCELLED, INVALID_ARGUMENT (the body had not arrived) or not at all (h2load had counted it as
+    started but never sent it). So other codes, and the count as a whole, must stay within them;
+    a gRPC error hidden behind HTTP 200 can then be at most one of those in-flight calls.
+    """
+    started, http_ok, in_flight = _h2load_totals(run)
+    delta = {code: after.get(code, 0.0) - before.get(code, 0.0) for code in sorted(set(before) | set(after))}
+    ok = int(delta.pop("OK", 0.0))
+    others = {code: int(count) for code, count in delta.items() if count}
+    other = sum(others.values())
+    counted = ok + other
+    checks = {"ok_covers_2xx": ok >= http_ok + PROBES, "none_beyond_started": counted <= started + PROBES,
+              "others_within_in_flight": other <= in_flight}
+    shown = (f"/metrics OK +{ok:,} vs h2load HTTP 200 {http_ok:,} + {PROBES} probe; of the {in_flight} calls h2load "
+             f"left in flight: {ok - http_ok - PROBES} OK, {other} other{f' {others}' if others else ''}, "
+             f"{started + PROBES - counted} never received")
+    return {"ok": ok, "other_codes": others, "h2load_started": started, "h2load_2xx": http_ok,
+            "left_in_flight": in_flight, "never_received": started + PROBES - counted, "probes": PROBES, **checks,
+            "match": all(checks.values()), "shown": shown}
+
+
+def floor_accounting(run: dict, split: list[int]) -> dict:
+    """The floor's count of calls received against h2load's: at least its HTTP 200s, at most what it started.
+
+    (The no-op server counts a call when its handler runs, so a call h2load left in flight may or may not be in.)
+    """
+    started, http_ok, in_flight = _h2load_totals(run)
+    received = sum(split)
+    match = http_ok + PROBES <= received <= started + PROBES
+    return {"received": received, "h2load_started": started, "h2load_2xx": http_ok, "left_in_flight": in_flight,
+            "probes": PROBES, "match": match,
+            "shown": f"floor received {received:,} (h2load HTTP 200 {http_ok:,} + {PROBES} probe "
+                     f"+ {received - http_ok - PROBES} of the {in_flight} calls h2load left in flight)"}
 
 
 def floor_worker_counts(address: str) -> list[int]:
@@ -330,12 +459,20 @@ def floor_worker_counts(address: str) -> list[int]:
     return [count for _, count in workers]
 
 
-def measure_peer(case: Case, peer: Peer, args: argparse.Namespace) -> dict:
-    """`measure`, and for the floor how its workers shared the run (SO_REUSEPORT spreads connections)."""
-    before = floor_worker_counts(peer.target) if peer.name == FLOOR else None
-    run = measure(case, peer, args)
-    if before is not None:
-        run["floor_worker_split"] = [after - then for then, after in zip(before, floor_worker_counts(peer.target))]
+def measure_peer(case: Case, peer: Peer, args: argparse.Namespace, given: H2loadInput | None,
+                 log_file: Path) -> dict:
+    """One run by the case's client; for the floor how its workers shared it (SO_REUSEPORT spreads
+    connections), and for an h2load run the server's own count against h2load's."""
+    floor_before = floor_worker_counts(peer.target) if peer.name == FLOOR else None
+    codes_before = requests_by_code(peer.metrics_url) if given is not None and peer.metrics_url else None
+    run = measure(case, peer, args) if given is None else measure_h2load(case, peer, args, given, log_file)
+    if floor_before is not None:
+        split = [after - then for then, after in zip(floor_before, floor_worker_counts(peer.target))]
+        run["floor_worker_split"] = split
+        if given is not None:
+            run["accounting"] = floor_accounting(run, split)
+    if codes_before is not None:
+        run["accounting"] = service_accounting(run, codes_before, requests_by_code(peer.metrics_url) or {})
     return run
 
 
@@ -346,15 +483,18 @@ def rotated(peers: list[Peer], round_index: int) -> list[Peer]:
     return peers[shift:] + peers[:shift]
 
 
-def run_rounds(peers: list[Peer], cases: list[Case], args: argparse.Namespace) -> dict[str, dict[str, list[dict]]]:
+def run_rounds(peers: list[Peer], cases: list[Case], args: argparse.Namespace,
+               h2load_inputs: dict[str, H2loadInput], scratch: Path) -> dict[str, dict[str, list[dict]]]:
     """Every applicable (case, peer) once per round, case by case, peers in rotated order."""
     raw: dict[str, dict[str, list[dict]]] = {
         case.key: {peer.name: [] for peer in peers if peer.not_applicable(case) is None} for case in cases}
     for round_index in range(args.rounds):
         for case in cases:
+            if round_index == 0 and args.client == H2LOAD and case.stream:
+                print(f"  {case.label}: Python load tester (h2load cannot drive a gRPC stream)", flush=True)
             for peer in rotated(peers, round_index):
                 if peer.not_applicable(case) is None:
-                    run = measure_peer(case, peer, args)
+                    run = measure_peer(case, peer, args, h2load_inputs.get(case.key), scratch / "h2load.log")
                     raw[case.key][peer.name].append(run)
                     print_run(f"{round_index + 1}/{args.rounds}", case, peer.name, run)
     return raw
@@ -376,6 +516,8 @@ def summarise(runs: list[dict]) -> dict:
         "client_cpu_pct": median_of(runs, lambda r: r["client_cpu_pct"]),
         "errors": _sum_errors(runs),
         "rounds": len(runs),
+        "client": runs[0]["client_label"] if runs else None,
+        "client_kind": runs[0]["client"] if runs else None,
     }
 
 
@@ -438,8 +580,20 @@ def print_run(round_name: str, case: Case, peer: str, run: dict) -> None:
     shares = "  split " + "/".join(f"{100 * n / max(1, sum(split)):.0f}" for n in split) if split else ""
     print(f"  round {round_name} {case.label:32} {peer:8} {run['rps']:>9,.0f} req/s {run['images_per_s']:>10,.0f} img/s "
           f"p50 {_num(run['latency_ms']['p50'], 3)} ms  server {_num(run['server_cpu_us_per_request'])} µs/req  "
-          f"client {_num(run['client_cpu_pct'])} %" + shares + (f"  errors {run['errors']}" if run["errors"] else ""),
-          flush=True)
+          f"client {_num(run['client_cpu_pct'])} %  [{run['client_label']}]" + shares
+          + (f"  errors {run['errors']}" if run["errors"] else ""), flush=True)
+    if run["client"] == H2LOAD:
+        print("        " + h2load_checks_line(run), flush=True)
+
+
+def h2load_checks_line(run: dict) -> str:
+    """The probe's verdict and, for the floor and the service, the server's count against h2load's."""
+    problems = run["probe_problems"]
+    line = "gRPC probe ok" if not problems else f"gRPC probe FAILED: {'; '.join(problems)}"
+    accounting = run.get("accounting")
+    if accounting is not None:
+        line += f"; {accounting['shown']}: {'match' if accounting['match'] else 'MISMATCH'}"
+    return line
 
 
 # (heading, summary field, decimals, width, unit); ratios are shown for every column but the last
@@ -451,7 +605,8 @@ LABEL, WHO = 32, 16
 
 def print_cases(results: dict, cases: list[Case], peers: list[Peer]) -> None:
     """One row per peer per case, then service ÷ floor and service ÷ triton."""
-    header = f"{'configuration':{LABEL}} {'':{WHO}}" + "".join(f" {name:>{width}}" for name, _, _, width, _ in COLUMNS)
+    header = (f"{'configuration':{LABEL}} {'':{WHO}}" + "".join(f" {name:>{width}}" for name, _, _, width, _ in COLUMNS)
+              + "  client")
     print(header)
     print("-" * len(header))
     for case in cases:
@@ -465,12 +620,62 @@ def print_cases(results: dict, cases: list[Case], peers: list[Peer]) -> None:
             row = rows[peer.name]
             print(f"{label:{LABEL}} {peer.name:{WHO}}"
                   + "".join(f" {_num(row[field], digits) + unit:>{width}}" for _, field, digits, width, unit in COLUMNS)
-                  + (f"   errors {row['errors']}" if row["errors"] else ""))
+                  + f"  {row['client']}" + (f"   errors {row['errors']}" if row["errors"] else ""))
         for other in (FLOOR, TRITON):
             if other in rows and SERVICE in rows:
                 print(f"{'':{LABEL}} {f'service ÷ {other}':{WHO}}"
                       + "".join(f" {_num(_ratio(rows[SERVICE][field], rows[other][field]), 2) + '×':>{width}}"
                                 for _, field, _, width, _ in COLUMNS[:-1]))
+
+
+def h2load_check_summary(raw: dict[str, dict[str, list[dict]]]) -> dict:
+    """Every h2load run's probe and count check, tallied: h2load alone cannot tell a gRPC error from an OK."""
+    runs = [(key, who, run) for key, by_who in raw.items() for who, of_who in by_who.items() for run in of_who
+            if run["client"] == H2LOAD]
+    counted = [(key, who, run["accounting"]) for key, who, run in runs if "accounting" in run]
+    return {
+        "runs": len(runs),
+        "probe_failures": [{"case": key, "peer": who, "problems": run["probe_problems"]}
+                           for key, who, run in runs if run["probe_problems"]],
+        "count_checks": {who: sum(1 for _, w, _ in counted if w == who) for who in (FLOOR, SERVICE)},
+        "count_mismatches": [{"case": key, "peer": who, **accounting}
+                             for key, who, accounting in counted if not accounting["match"]],
+        "service_other_codes": _sum_codes(accounting["other_codes"] for _, who, accounting in counted
+                                          if who == SERVICE),
+    }
+
+
+def _sum_codes(many) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for codes in many:
+        for code, count in codes.items():
+            total[code] = total.get(code, 0) + count
+    return total
+
+
+def print_h2load_checks(checks: dict) -> None:
+    print(f"\nh2load checks: {checks['runs']} h2load runs, each after one real gRPC call with the same bytes: "
+          f"{checks['runs'] - len(checks['probe_failures'])} replies as expected"
+          + "".join(f"; FAILED {f['case']} {f['peer']}: {'; '.join(f['problems'])}" for f in checks["probe_failures"]))
+    matched = {who: n - sum(1 for m in checks["count_mismatches"] if m["peer"] == who)
+               for who, n in checks["count_checks"].items()}
+    print(f"  server counts against h2load's: service /metrics OK-count check matched in {matched[SERVICE]}/"
+          f"{checks['count_checks'][SERVICE]} runs, floor received-count in {matched[FLOOR]}/"
+          f"{checks['count_checks'][FLOOR]}; service codes other than OK (calls h2load left in flight at its "
+          f"end): {checks['service_other_codes'] or 'none'}")
+    for mismatch in checks["count_mismatches"]:
+        print(f"  MISMATCH {mismatch['case']} {mismatch['peer']}: {mismatch['shown']}")
+
+
+def print_request_accounting(accounting: dict) -> None:
+    """Requests sent against the service's count: equal, but for the calls h2load left in flight at its ends
+    (started by h2load, so in `clients_sent`, yet not necessarily sent: see `service_accounting`)."""
+    sent, in_flight, counted = (accounting["clients_sent"], accounting["h2load_left_in_flight"],
+                                accounting["service_digits_requests_total"])
+    verdict = "-" if counted is None else ("match" if sent - in_flight <= counted <= sent else "MISMATCH")
+    slack = f", of which {in_flight:,} h2load left in flight when it stopped (received or not)" if in_flight else ""
+    print(f"\nrequests sent to the service by the clients (load tester, h2load, probes): {sent:,}{slack}; "
+          f"counted by its /metrics (digits_requests_total): {_num(counted)}: {verdict}")
 
 
 def print_memory(memory: dict) -> None:
@@ -532,11 +737,16 @@ def check_bar(bar: Bar, results: dict) -> dict:
         value, base = results[bar.case][bar.peer][bar.field], results[bar.base_case][bar.base_peer][bar.field]
         ratio = _ratio(value, base)
         skip = None if ratio is not None else "no figure (every request failed?)"
+        clients = tuple(results[case][peer].get("client_kind")
+                        for case, peer in ((bar.case, bar.peer), (bar.base_case, bar.base_peer)))
+        if skip is None and clients[0] != clients[1]:  # a cheaper client alone would move the ratio
+            skip = (f"{bar.case} was measured by the {clients[0]} client, {bar.base_case} by {clients[1]}: "
+                    f"--client python compares them")
     names = (bar.peer, bar.base_peer) if bar.peer != bar.base_peer else (bar.case, bar.base_case)
     digits = 3 if bar.field == "p50_ms" else 0
     shown = (f"{ratio:.2f}× ({names[0]} {_num(value, digits)} vs {names[1]} {_num(base, digits)} {UNITS[bar.field]})"
              if ratio is not None else "-")
-    verdict = None if ratio is None else (ratio >= bar.limit if bar.op == ">=" else ratio <= bar.limit)
+    verdict = None if ratio is None or skip else (ratio >= bar.limit if bar.op == ">=" else ratio <= bar.limit)
     return {"bar": bar.name, "value": ratio, "figures": [value, base], "shown": shown,
             "limit": f"{bar.op} {bar.limit}", "pass": verdict, "skip": skip}
 
@@ -582,6 +792,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=None, help="seconds (default 2, quick 0.5)")
     parser.add_argument("--duration", type=float, default=None, help="seconds measured (default 8, quick 2)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 1)")
+    parser.add_argument("--client", choices=(PYTHON, H2LOAD), default=None,
+                        help="load generator of the unary cases: h2load (nghttp2-client; the default when it is on "
+                             "PATH, except with --quick) or python (service.loadtest; always for the stream case)")
+    parser.add_argument("--h2load-connections", type=int, default=None,
+                        help="most connections h2load opens; streams per connection make up the concurrency "
+                             "(default --processes × --channels, the Python client's connections)")
     parser.add_argument("--processes", type=int, default=2, help="load-test client processes")
     parser.add_argument("--channels", type=int, default=4,
                         help="gRPC connections per client process: SO_REUSEPORT spreads connections, not "
@@ -599,6 +815,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="write every figure and raw run here")
     args = parser.parse_args(argv)
     quick = args.quick
+    if args.client is None:  # --quick stays on the Python client so a smoke run needs nothing beyond the venv
+        args.client = H2LOAD if h2load.available() and not quick else PYTHON
+    if args.client == H2LOAD and not h2load.available():
+        parser.error("--client h2load: no h2load on PATH (Debian/Ubuntu: apt-get install nghttp2-client)")
+    if args.h2load_connections is None:
+        args.h2load_connections = args.processes * args.channels
+    if args.h2load_connections < 1:
+        parser.error("--h2load-connections must be >= 1")
     args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 2.0)
     args.duration = args.duration if args.duration is not None else (2.0 if quick else 8.0)
     args.rounds = args.rounds if args.rounds is not None else (1 if quick else 3)
@@ -649,11 +873,17 @@ def start_triton(model: Path, instances: int) -> TritonPeer:
 
 
 def print_protocol(args: argparse.Namespace) -> None:
-    print(f"  protocol: closed loop, {args.processes} client processes × {args.channels} connections, "
-          f"{args.warmup:g} s warm-up + {args.duration:g} s, {args.rounds} round(s) rotating the peers' order, "
-          f"medians; floor and service with {args.workers} worker(s); server CPU = utime+stime of the server's "
-          f"process tree over the measured window ÷ requests in it; client CPU = the load tester's processes, "
-          f"% of {CPUS} cores")
+    print(f"  protocol: closed loop, {args.warmup:g} s warm-up + {args.duration:g} s, {args.rounds} round(s) "
+          f"rotating the peers' order, medians; floor and service with {args.workers} worker(s); server CPU = "
+          f"utime+stime of the server's process tree over the measured window ÷ requests in it; client CPU = the "
+          f"load generator's processes, % of {CPUS} cores")
+    python = f"Python load tester (service.loadtest), {args.processes} processes × {args.channels} connections"
+    if args.client == H2LOAD:
+        print(f"  client: h2load (one process, one thread; at most {args.h2load_connections} connections × streams "
+              f"= the concurrency; warm-up is an h2load run of its own) for the unary cases, each preceded by one "
+              f"real gRPC call with the same bytes; {python} for the stream case, which h2load cannot drive")
+    else:
+        print(f"  client: {python}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -672,13 +902,15 @@ def main(argv: list[str] | None = None) -> int:
         key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}}
     report["onnxruntime"] = time_onnxruntime(model, args.quick)
 
+    scratch = Path(tempfile.mkdtemp(prefix="digits-bench-"))  # h2load's request bodies and per-request log
     floor = start_floor(args.workers)
     service = start_service(args.workers, args.model_repository, args.serve_arg)
     triton: TritonPeer | None = None
     try:
         floor.wait_ready()
         service.wait_ready()
-        peers = [Peer(FLOOR, floor.address, floor.process.pid), Peer(SERVICE, service.address, service.process.pid)]
+        peers = [Peer(FLOOR, floor.address, floor.process.pid),
+                 Peer(SERVICE, service.address, service.process.pid, metrics_url=service.metrics_url)]
         print(f"\n(b) no-op floor at {floor.address} ({args.workers} workers); "
               f"digits serve at {service.address} (worker pids {service.worker_pids()})")
         if args.triton:
@@ -687,7 +919,9 @@ def main(argv: list[str] | None = None) -> int:
             peers.append(Peer(TRITON, triton.grpc_target, triton.pid, v2_float32_only=True))
             print(f"    tritonserver {report['triton']['version']} at {triton.grpc_target} (pid {triton.pid}, "
                   f"{args.triton_instances} Python-backend instances, dynamic batching)")
-        raw = run_rounds(peers, cases, args)
+        h2load_inputs = (prepare_h2load([case for case in cases if uses_h2load(case, args)], model, scratch)
+                         if args.client == H2LOAD else {})
+        raw = run_rounds(peers, cases, args, h2load_inputs, scratch)
         results = {key: {who: summarise(runs) for who, runs in by_who.items()} for key, by_who in raw.items()}
         report["cases"] = {case.key: {"label": case.label, **results[case.key],
                                       **{peer.name: {"not_applicable": reason} for peer in peers
@@ -696,31 +930,35 @@ def main(argv: list[str] | None = None) -> int:
         report["raw"] = raw
         memory = None
         if args.memory_requests:
-            print(f"\n  memory: {args.memory_requests:,} requests (1 × 32, V2) against the service ...", flush=True)
+            print(f"\n  memory: {args.memory_requests:,} requests (1 × 32, V2, Python load tester) against the "
+                  f"service ...", flush=True)
             memory = memory_run(service, args)
             report["memory"] = memory
         sent = sum(run["sent_total"] for by_who in raw.values() for run in by_who[SERVICE])
         sent += memory["sent_total"] if memory else 0
-        report["request_accounting"] = {"clients_sent": sent,
+        in_flight = sum(_h2load_totals(run)[2] for by_who in raw.values() for run in by_who[SERVICE]
+                        if run["client"] == H2LOAD)
+        report["request_accounting"] = {"clients_sent": sent, "h2load_left_in_flight": in_flight,
                                         "service_digits_requests_total": requests_counted(service.metrics_url)}
     finally:
         if triton is not None:
             triton.stop()
         service_code, floor_code = service.stop(), floor.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
     report["exit_codes"] = {"service": service_code, "floor": floor_code}
 
     print("\nResults (medians; server µs/req: CPU of the server's process tree per request; client CPU: "
-          f"the load tester's {args.processes} processes, % of {CPUS} cores):")
+          f"the load generator's processes, % of {CPUS} cores; client: what measured the row):")
     print_cases(results, cases, peers)
+    if args.client == H2LOAD:
+        report["h2load_checks"] = h2load_check_summary(raw)
+        print_h2load_checks(report["h2load_checks"])
     if memory is not None:
         print_memory(memory)
     print("\nBars (issue #11; SKIP: peer or configuration not in this run, or the run too short for the bar):")
     report["bars"] = [check_bar(bar, results) for bar in BARS] + memory_bars(memory)
     print_bars(report["bars"])
-    accounting = report["request_accounting"]
-    print(f"\nrequests sent to the service by the load tester: {accounting['clients_sent']:,}; "
-          f"counted by its /metrics (digits_requests_total): "
-          f"{_num(accounting['service_digits_requests_total'])}")
+    print_request_accounting(report["request_accounting"])
     print(f"service exit code {service_code}, floor exit code {floor_code}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -55,4 +55,4 @@ def test_quick_benchmark_accounts_for_every_request(quick_run):
     sent = sum(run["sent_total"] for runs in report["raw"].values() for run in runs["service"]) + memory["sent_total"]
     assert accounting["clients_sent"] == sent
     assert accounting["service_digits_requests_total"] == sent  # the service's /metrics agrees
-    assert f"requests sent to the service by the load tester: {sent:,}; counted by its /metrics" in out
+    assert f"requests sent to the service by the clients (load tester, h2load, probes): {sent:,}; counted" in out

@@ -1,0 +1,113 @@
+"""bench/run.py's h2load client, without servers: the bytes it sends, how it reads h2load, how it checks counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import h2load_client as h2load
+from bench import run as bench
+from service.generated.inference import grpc_predict_v2_pb2 as v2
+from service.loadtest.payload import build_requests, synthetic_images
+
+MNIST = Path(__file__).resolve().parents[2] / "data" / "mnist"
+
+SUMMARY = """finished in 3.00s, 7260.00 req/s, 999.59KB/s
+requests: 21780 total, 21812 started, 21780 done, 21780 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 21780 2xx, 0 3xx, 0 4xx, 0 5xx
+"""
+
+
+def test_the_body_is_the_python_testers_first_request_with_the_grpc_prefix(tmp_path):
+    payload = h2load.build_payload("kserve_v2", 64, "uint8", False, "mnist_mlp", tmp_path)  # no MNIST there
+    first = build_requests(synthetic_images(), 1, 0, api="kserve_v2", batch_size=64, dtype="uint8",
+                           activations=False, model_name="mnist_mlp")[0]
+    assert payload.message == first.SerializeToString()
+    frame = payload.grpc_frame()
+    assert frame[0] == 0 and int.from_bytes(frame[1:5], "big") == len(payload.message) and frame[5:] == payload.message
+    assert v2.ModelInferRequest.FromString(frame[5:]).inputs[0].shape == [64, 784]
+    assert payload.path == "/inference.GRPCInferenceService/ModelInfer" and payload.float_pixels().shape == (64, 784)
+
+
+def test_digits_payload_goes_to_classify():
+    payload = h2load.build_payload("digits_v1", 1, "float32", True, "mnist_mlp", MNIST)
+    assert payload.path == "/digits.v1.DigitClassifier/Classify" and payload.request_id == "0"
+
+
+@pytest.mark.parametrize("concurrency, most, shape", [(1, 8, (1, 1)), (32, 8, (8, 4)), (32, 4, (4, 8)),
+                                                     (8, 8, (8, 1)), (8, 3, (2, 4)), (7, 4, (1, 7))])
+def test_connections_times_streams_is_the_concurrency(concurrency, most, shape):
+    assert h2load.connection_shape(concurrency, most) == shape
+
+
+def test_the_command_carries_the_grpc_headers_and_a_millisecond_duration(tmp_path):
+    command = h2load.h2load_command("127.0.0.1:1", "/a.B/C", tmp_path / "b", 8, 4, 6.0, tmp_path / "log")
+    assert command[:9] == ["h2load", "-c", "8", "-m", "4", "-t", "1", "-D", "6000ms"]
+    assert "content-type: application/grpc" in command and "te: trailers" in command
+    assert command[-1] == "http://127.0.0.1:1/a.B/C" and f"--log-file={tmp_path / 'log'}" in command
+
+
+def test_the_summary_is_read_and_a_missing_one_is_an_error():
+    summary = h2load.parse_summary(SUMMARY)
+    assert summary["started"] == 21812 and summary["done"] == 21780 and summary["2xx"] == 21780
+    with pytest.raises(h2load.H2loadError):
+        h2load.parse_summary("connect failed")
+
+
+def test_latency_comes_from_the_http_200_lines_of_the_log(tmp_path):
+    log = tmp_path / "log"
+    log.write_text("".join(f"1796057295358515\t200\t{us}\n" for us in range(1000, 101000, 1000))
+                   + "1796057295358515\t503\t999999\n")
+    figures = h2load.latency_ms(log)
+    assert figures["p50"] == 50.0 and figures["p99"] == 99.0 and figures["max"] == 100.0
+    log.write_text("")
+    assert h2load.latency_ms(log)["p50"] is None
+
+
+def _run(*runs: tuple[int, int, int]) -> dict:
+    return {"h2load_runs": [{"started": s, "done": d, "2xx": ok} for s, d, ok in runs]}
+
+
+def test_the_service_count_matches_when_only_calls_left_in_flight_are_not_ok():
+    run = _run((1032, 1000, 1000), (5032, 5000, 5000))  # warm-up and measured, 32 in flight at each end
+    before, after = {"OK": 10.0}, {"OK": 10.0 + 6001 + 40, "CANCELLED": 20.0, "INVALID_ARGUMENT": 4.0}
+    accounting = bench.service_accounting(run, before, after)
+    assert accounting["match"] and accounting["other_codes"] == {"CANCELLED": 20, "INVALID_ARGUMENT": 4}
+
+
+def test_a_call_h2load_started_but_never_sent_is_no_mismatch():
+    accounting = bench.service_accounting(_run((5032, 5000, 5000)), {}, {"OK": 5001.0 + 20, "CANCELLED": 10.0})
+    assert accounting["match"] and accounting["never_received"] == 2
+
+
+def test_a_grpc_error_hidden_in_an_http_200_is_a_mismatch():
+    run = _run((5032, 5000, 5000))
+    accounting = bench.service_accounting(run, {}, {"OK": 4901.0, "RESOURCE_EXHAUSTED": 132.0})
+    assert not accounting["match"] and not accounting["ok_covers_2xx"]
+    assert not bench.service_accounting(run, {}, {"OK": 5040.0})["none_beyond_started"]
+
+
+def test_the_floor_count_lies_between_its_http_200s_and_the_calls_started():
+    run = _run((5032, 5000, 5000))
+    assert bench.floor_accounting(run, [2500, 2510])["match"]
+    assert not bench.floor_accounting(run, [2500, 2400])["match"]
+
+
+def test_quick_stays_on_python_and_h2load_is_the_default_when_installed(monkeypatch):
+    monkeypatch.setattr(h2load, "available", lambda: True)
+    assert bench.parse_args([]).client == bench.H2LOAD
+    assert bench.parse_args(["--quick"]).client == bench.PYTHON
+    assert bench.parse_args([]).h2load_connections == 8
+    monkeypatch.setattr(h2load, "available", lambda: False)
+    assert bench.parse_args([]).client == bench.PYTHON
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--client", "h2load"])
+
+
+def test_a_bar_between_rows_of_different_clients_is_skipped():
+    bar = bench.Bar("stream", "rps", "1x32_stream", bench.SERVICE, "1x32_v1", bench.SERVICE, ">=", 1.5)
+    results = {"1x32_stream": {bench.SERVICE: {"rps": 300.0, "client_kind": bench.PYTHON}},
+               "1x32_v1": {bench.SERVICE: {"rps": 100.0, "client_kind": bench.H2LOAD}}}
+    check = bench.check_bar(bar, results)
+    assert check["pass"] is None and "--client python" in check["skip"] and check["value"] == 3.0
