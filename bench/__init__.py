@@ -1,1 +1,2 @@
-"""Benchmarks: the no-op transport floor (`noop_server`) and the one-command benchmark (`run`)."""
+"""Benchmarks: the no-op transport floor (`noop_server`) and the one-command benchmark (`run`, with `cases`,
+`peers`, `measure` and `report`)."""

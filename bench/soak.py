@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python bench/soak.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from bench.run import Server, requests_counted, start_service  # noqa: E402
+from bench.peers import Server, requests_counted, start_service  # noqa: E402
 from service.cpus import usable_cpus  # noqa: E402
 from service.loadtest.config import APIS, LoadConfig  # noqa: E402
 from service.loadtest.runner import run_load  # noqa: E402

@@ -1,10 +1,13 @@
-"""bench/run.py's own logic, without servers: the peers' order per round, what Triton can run, the bars."""
+"""The benchmark's own logic, without servers: the peers' order per round, what Triton can run, the bars."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.run import CASES, FLOOR, SERVICE, TRITON, Bar, Peer, check_bar, rotated
+from bench.cases import CASES, FLOOR, SERVICE, TRITON
+from bench.measure import rotated
+from bench.peers import Peer
+from bench.report import Bar, check_bar
 
 BY_KEY = {case.key: case for case in CASES}
 

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from bench import h2load_client as h2load
-from bench import run as bench
+from bench import measure, report
+from bench.cases import H2LOAD, PYTHON, SERVICE
+from bench.run import parse_args
 from service.generated.inference import grpc_predict_v2_pb2 as v2
 from service.loadtest.payload import build_requests, synthetic_images
 
@@ -72,42 +74,42 @@ def _run(*runs: tuple[int, int, int]) -> dict:
 def test_the_service_count_matches_when_only_calls_left_in_flight_are_not_ok():
     run = _run((1032, 1000, 1000), (5032, 5000, 5000))  # warm-up and measured, 32 in flight at each end
     before, after = {"OK": 10.0}, {"OK": 10.0 + 6001 + 40, "CANCELLED": 20.0, "INVALID_ARGUMENT": 4.0}
-    accounting = bench.service_accounting(run, before, after)
+    accounting = measure.service_accounting(run, before, after)
     assert accounting["match"] and accounting["other_codes"] == {"CANCELLED": 20, "INVALID_ARGUMENT": 4}
 
 
 def test_a_call_h2load_started_but_never_sent_is_no_mismatch():
-    accounting = bench.service_accounting(_run((5032, 5000, 5000)), {}, {"OK": 5001.0 + 20, "CANCELLED": 10.0})
+    accounting = measure.service_accounting(_run((5032, 5000, 5000)), {}, {"OK": 5001.0 + 20, "CANCELLED": 10.0})
     assert accounting["match"] and accounting["never_received"] == 2
 
 
 def test_a_grpc_error_hidden_in_an_http_200_is_a_mismatch():
     run = _run((5032, 5000, 5000))
-    accounting = bench.service_accounting(run, {}, {"OK": 4901.0, "RESOURCE_EXHAUSTED": 132.0})
+    accounting = measure.service_accounting(run, {}, {"OK": 4901.0, "RESOURCE_EXHAUSTED": 132.0})
     assert not accounting["match"] and not accounting["ok_covers_2xx"]
-    assert not bench.service_accounting(run, {}, {"OK": 5040.0})["none_beyond_started"]
+    assert not measure.service_accounting(run, {}, {"OK": 5040.0})["none_beyond_started"]
 
 
 def test_the_floor_count_lies_between_its_http_200s_and_the_calls_started():
     run = _run((5032, 5000, 5000))
-    assert bench.floor_accounting(run, [2500, 2510])["match"]
-    assert not bench.floor_accounting(run, [2500, 2400])["match"]
+    assert measure.floor_accounting(run, [2500, 2510])["match"]
+    assert not measure.floor_accounting(run, [2500, 2400])["match"]
 
 
 def test_quick_stays_on_python_and_h2load_is_the_default_when_installed(monkeypatch):
     monkeypatch.setattr(h2load, "available", lambda: True)
-    assert bench.parse_args([]).client == bench.H2LOAD
-    assert bench.parse_args(["--quick"]).client == bench.PYTHON
-    assert bench.parse_args([]).h2load_connections == 8
+    assert parse_args([]).client == H2LOAD
+    assert parse_args(["--quick"]).client == PYTHON
+    assert parse_args([]).h2load_connections == 8
     monkeypatch.setattr(h2load, "available", lambda: False)
-    assert bench.parse_args([]).client == bench.PYTHON
+    assert parse_args([]).client == PYTHON
     with pytest.raises(SystemExit):
-        bench.parse_args(["--client", "h2load"])
+        parse_args(["--client", "h2load"])
 
 
 def test_a_bar_between_rows_of_different_clients_is_skipped():
-    bar = bench.Bar("stream", "rps", "1x32_stream", bench.SERVICE, "1x32_v1", bench.SERVICE, ">=", 1.5)
-    results = {"1x32_stream": {bench.SERVICE: {"rps": 300.0, "client_kind": bench.PYTHON}},
-               "1x32_v1": {bench.SERVICE: {"rps": 100.0, "client_kind": bench.H2LOAD}}}
-    check = bench.check_bar(bar, results)
+    bar = report.Bar("stream", "rps", "1x32_stream", SERVICE, "1x32_v1", SERVICE, ">=", 1.5)
+    results = {"1x32_stream": {SERVICE: {"rps": 300.0, "client_kind": PYTHON}},
+               "1x32_v1": {SERVICE: {"rps": 100.0, "client_kind": H2LOAD}}}
+    check = report.check_bar(bar, results)
     assert check["pass"] is None and "--client python" in check["skip"] and check["value"] == 3.0
