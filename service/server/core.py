@@ -120,10 +120,6 @@ class InferenceCore:
                  candidate.model.version, candidate.model.sha256[:12], previous.model.version)
 
     @property
-    def ready(self) -> bool:
-        return self._served is not None
-
-    @property
     def model(self) -> ModelDescription:
         if self._served is None:
             raise NotReady("model is not loaded yet")

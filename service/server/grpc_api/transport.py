@@ -15,7 +15,7 @@ Model (one thread owns everything; nothing here is thread-safe):
 * ``poll(timeout)`` blocks (GIL released, inside C) for the first completion, then drains every
   completion that is already queued with non-blocking polls, and returns them as a list of
   events. The caller computes on the whole list before polling again: that is the batching
-  point. Events: ``CallArrived``, ``MessageReceived``, ``SendDone``, ``CallFinished``.
+  point. Events: ``CallArrived``, ``MessageReceived``, ``CallFinished``.
 * Each ``Call`` turns user actions into core batches (``Call.start_server_batch``):
   ``read()`` -> [RecvMessage]; ``reply()`` -> [SendInitialMetadata, SendMessage,
   SendStatusFromServer(OK)] (+RecvCloseOnServer when not already pending) in ONE batch;
@@ -78,7 +78,7 @@ def check_grpcio() -> str:
     needed = {
         "Server": ("register_completion_queue", "add_http2_port", "start", "request_call", "destroy"),
         "CompletionQueue": ("poll",),
-        "Call": ("start_server_batch", "cancel", "peer"),
+        "Call": ("start_server_batch",),
         "RequestCallEvent": ("call", "call_details", "invocation_metadata", "success", "tag"),
         "BatchOperationEvent": ("batch_operations", "success", "tag", "completion_type"),
         "CallDetails": ("method", "deadline"),
@@ -120,14 +120,6 @@ class MessageReceived:
         self.call, self.data = call, data
 
 
-class SendDone:
-    """Every message queued by ``call.send()`` was handed to the transport (backpressure)."""
-    __slots__ = ("call",)
-
-    def __init__(self, call: Call) -> None:
-        self.call = call
-
-
 class CallFinished:
     """The call is over; ``cancelled`` True = the client did not get our status (cancelled,
     deadline, disconnect). Emitted once per user-visible call; the Call is dead afterwards."""
@@ -137,7 +129,7 @@ class CallFinished:
         self.call, self.cancelled = call, cancelled
 
 
-Event = Union[CallArrived, MessageReceived, SendDone, CallFinished]
+Event = Union[CallArrived, MessageReceived, CallFinished]
 
 
 class Call:
@@ -167,9 +159,6 @@ class Call:
         self._visible = visible
         self._read_started = False
 
-    @property
-    def peer(self) -> str:
-        return self._call.peer().decode("latin-1")
 
     @property
     def active(self) -> bool:
@@ -225,10 +214,6 @@ class Call:
         else:
             self._final_batch([cygrpc.SendStatusFromServerOperation(None, *status, 0)])
 
-    def cancel(self) -> None:
-        """Aborts the call (client sees CANCELLED); a CallFinished follows."""
-        if not self._closed:
-            self._call.cancel()
 
     # -- internals ---------------------------------------------------------------------
     def _batch(self, ops: Sequence, kind: int) -> None:
@@ -278,8 +263,6 @@ class Call:
                 code, message = self._final
                 self._final = None
                 self._final_batch([cygrpc.SendStatusFromServerOperation(None, code, message, 0)])
-            elif self._visible and not self._status_queued:
-                out.append(SendDone(self))
         elif kind == _PREREAD:
             code, message = self._final
             self._final = None
@@ -306,7 +289,6 @@ class CoreServer:
         self._server.register_completion_queue(self._cq)
         self._backlog = backlog
         self._watch = watch_cancellation
-        self._requested = 0          # outstanding request_call()s
         self._calls: set = set()     # every live Call, including internal rejections
         self.active_calls = 0        # live calls handed to the application
         self.draining = False
@@ -364,7 +346,6 @@ class CoreServer:
 
     # -- internals ---------------------------------------------------------------------
     def _request(self) -> None:
-        self._requested += 1
         self._server.request_call(self._cq, self._cq, _REQUEST)
 
     def _dispatch(self, event, out: list) -> None:
@@ -372,7 +353,6 @@ class CoreServer:
         if tag.__class__ is tuple:
             tag[1]._complete(tag[0], event, out)
         elif tag == _REQUEST:
-            self._requested -= 1
             self._request()
             if event.success:
                 self._arrived(event, out)
