@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from service.server import metrics
-from service.server.errors import InferenceError, InvalidInput, Overloaded
+from service.server.errors import InferenceError, InvalidInput, NotReady, Overloaded
 from service.server.grpc_api.auth import REFUSAL
 from service.server.grpc_api.health import Health
 from service.server.grpc_api.methods import Kind, Method, Pending
@@ -262,7 +262,7 @@ class ServingLoop:
             metrics.request_started()
         try:
             if self._draining:
-                raise _Unavailable()
+                raise NotReady(SHUTTING_DOWN)
             if observed and metrics.inflight() > self._limit:
                 raise self._overloaded()
             answer = method.handle(data, call.deadline)
@@ -288,10 +288,7 @@ class ServingLoop:
         return done
 
     def _stream_failure(self, call: Call, state: _CallState, message: _Message, exc: BaseException) -> None:
-        if isinstance(exc, _Unavailable):
-            code, text = grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN
-        else:
-            code, text = status_of(exc)
+        code, text = status_of(exc)
         self._stream_reply(call, state, message, state.method.stream_error(message.data, code.name, text), code.name)
 
     def _stream_reply(self, call: Call, state: _CallState, message: _Message, reply: bytes, code: str) -> None:
@@ -324,7 +321,3 @@ class ServingLoop:
                 call.finish()
             else:
                 call.finish(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
-
-
-class _Unavailable(Exception):
-    """A stream message that arrived while the worker drains."""
