@@ -305,6 +305,14 @@ async function runClassify() {
   }
 }
 
+// Clear and Random drop drawing work not yet sent: it would only report on a canvas that is gone.
+function cancelPending() {
+  if (schedule.timer !== null) clearTimeout(schedule.timer);
+  schedule.timer = null;
+  schedule.dirty = false;
+  updateBusy();
+}
+
 function isBlankError(error) {
   return error instanceof ApiError && error.status === 400 && /blank|no ink/i.test(error.message);
 }
@@ -330,6 +338,7 @@ async function classifyDrawing() {
 
 function resetForDrawing() {
   state.generation++;
+  cancelPending();
   state.result = null;
   $("#label").hidden = true;
   renderEmpty();
@@ -343,6 +352,7 @@ function onClear() {
 
 async function onRandom() {
   const generation = ++state.generation;
+  cancelPending();
   clearDrawing();
   setStatus("Loading a random MNIST test digit…", "busy");
   try {
