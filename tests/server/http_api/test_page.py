@@ -89,9 +89,13 @@ def browser_page(viewport: dict, failures: list[str]):
             browser.close()
 
 
+# Waits are given as functions, never bare expressions: playwright evaluates a bare expression with
+# eval(), which the page's Content-Security-Policy (no 'unsafe-eval') rightly refuses.
+
+
 def wait_ready(page) -> None:
     """Until the weights are drawn: the model name is known and the page can classify."""
-    page.wait_for_function("document.querySelector('#status').textContent.includes('ready')", timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('ready')", timeout=30_000)
 
 
 def updates(page) -> int:
@@ -194,7 +198,7 @@ def test_drawing_a_seven_shows_what_the_network_computed(http_server, oracle, fi
 
         # Hovering a layer-1 neuron shows its weights enlarged and its activation.
         page.hover('.cell[data-layer="activation_1"][data-index="5"]')
-        page.wait_for_function("!document.querySelector('#inspector-image').hidden")
+        page.wait_for_function("() => !document.querySelector('#inspector-image').hidden")
         text = page.text_content("#inspector-text")
         assert "Layer 1 neuron 5" in text and f"{view['activation_1'][5]:.4f}" in text, text
         np.testing.assert_array_equal(canvas_pixels(page, "#inspector-image")[0], images[5])
