@@ -23,6 +23,7 @@ import pytest
 from onnx import numpy_helper
 
 from service.client.preprocess import preprocess_float32
+from tests.support import REPO
 from tests.support.mnist import mnist_test_images, mnist_test_labels
 from tests.support.server import RunningServer
 
@@ -33,6 +34,8 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 375, "height": 740}
 TOLERANCE = 1e-5
 TOKEN = "page-test-token-4f1c"
+# Screenshots go here, not to tmp_path: pytest keeps only its last three temporary folders.
+SCREENSHOTS = REPO / "test-output" / "page"
 OUTPUTS = ("probabilities", "activation_1", "activation_2")
 POSITIVE, NEGATIVE = np.array([70, 150, 255]), np.array([255, 85, 70])  # page.js's weight colours
 # A 7 as fractions of the canvas: a horizontal bar, then a diagonal down to the lower left.
@@ -160,14 +163,17 @@ def assert_matches_oracle(view: dict, oracle) -> None:
     assert view["digit"] == str(int(np.argmax(expected["probabilities"])))
 
 
-def screenshot(page, folder: Path, name: str) -> Path:
-    path = folder / f"{name}.png"
+def screenshot(page, name: str) -> Path:
+    """A full-page PNG in test-output/page/ (the folder ignores itself: git never sees it)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS.parent / ".gitignore").write_text("*\n")
+    path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
     return path
 
 
-def test_drawing_a_seven_shows_what_the_network_computed(http_server, oracle, first_layer, tmp_path):
+def test_drawing_a_seven_shows_what_the_network_computed(http_server, oracle, first_layer):
     failures: list[str] = []
     with browser_page(DESKTOP, failures) as page:
         page.goto(http_server.http_url + "/")
@@ -202,6 +208,7 @@ def test_drawing_a_seven_shows_what_the_network_computed(http_server, oracle, fi
         text = page.text_content("#inspector-text")
         assert "Layer 1 neuron 5" in text and f"{view['activation_1'][5]:.4f}" in text, text
         np.testing.assert_array_equal(canvas_pixels(page, "#inspector-image")[0], images[5])
+        screenshot(page, "page-desktop-seven")
         page.hover('.cell[data-layer="activation_2"][data-index="9"]')
         text = page.text_content("#inspector-text")
         assert "Layer 2 neuron 9" in text and f"{view['activation_2'][9]:.4f}" in text, text
@@ -210,11 +217,10 @@ def test_drawing_a_seven_shows_what_the_network_computed(http_server, oracle, fi
         page.click("#clear")
         assert page.text_content("#digit") == "–"
         assert "draw a digit" in page.text_content("#status").lower()
-        screenshot(page, tmp_path, "page-desktop-cleared")
     assert not failures, failures
 
 
-def test_random_test_digit_shows_its_label_and_the_models_answer(http_server, oracle, tmp_path):
+def test_random_test_digit_shows_its_label_and_the_models_answer(http_server, oracle):
     images, labels = mnist_test_images(), mnist_test_labels()
     failures: list[str] = []
     with browser_page(DESKTOP, failures) as page:
@@ -233,11 +239,11 @@ def test_random_test_digit_shows_its_label_and_the_models_answer(http_server, or
             found = np.flatnonzero((images == sample).all(axis=1))
             assert found.size, "the displayed sample is no MNIST test image"
             assert int(view["label"]) in labels[found], (view["label"], labels[found])
-        screenshot(page, tmp_path, "page-random")
+        screenshot(page, "page-random")
     assert not failures, failures
 
 
-def test_phone_sized_screen_draws_and_nothing_overflows(http_server, oracle, tmp_path):
+def test_phone_sized_screen_draws_and_nothing_overflows(http_server, oracle):
     failures: list[str] = []
     with browser_page(PHONE, failures) as page:
         page.goto(http_server.http_url + "/")
@@ -250,7 +256,7 @@ def test_phone_sized_screen_draws_and_nothing_overflows(http_server, oracle, tmp
         assert view["digit"] == "7", view["status"]
         assert_matches_oracle(view, oracle)
         width = page.evaluate("document.documentElement.scrollWidth")
-        path = screenshot(page, tmp_path, "page-phone")
+        path = screenshot(page, "page-phone")
         assert width <= PHONE["width"], f"the page is {width} px wide on a {PHONE['width']} px screen ({path})"
     assert not failures, failures
 
