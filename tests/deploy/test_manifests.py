@@ -148,12 +148,12 @@ def test_servicemonitor_scrapes_each_pod_once_on_the_metrics_port(rendered):
     assert metrics["containerPort"] == serve_config.ServeConfig.metrics_port
 
 
-def test_network_policy_opens_only_grpc_and_metrics_and_no_egress(rendered):
+def test_network_policy_opens_only_grpc_http_and_metrics_and_no_egress(rendered):
     spec = one(rendered, "NetworkPolicy")["spec"]
     assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
     assert spec["egress"] == []
     ports = sorted(p["port"] for rule in spec["ingress"] for p in rule["ports"])
-    assert ports == ["grpc", "metrics"]
+    assert ports == ["grpc", "http", "metrics"]
 
 
 def test_alert_rules_cover_latency_errors_and_ready_pods(rendered):
@@ -193,3 +193,10 @@ def test_dockerfile_is_multi_stage_non_root_and_exec_form():
 def test_pod_runs_as_the_image_user(rendered):
     assert container(rendered)["securityContext"]["runAsUser"] == dockerfile_uid()
     assert pod_spec(rendered)["securityContext"]["runAsUser"] == dockerfile_uid()
+
+
+def test_http_port_is_the_server_default_and_reachable_through_the_service(rendered):
+    http = next(p for p in container(rendered)["ports"] if p["name"] == "http")
+    assert http["containerPort"] == serve_config.ServeConfig.http_port
+    service = next(d for d in rendered if d["kind"] == "Service" and d["metadata"]["name"] == "digits")
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}["http"] == "http"

@@ -26,6 +26,7 @@ import signal
 import socket
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -79,9 +80,10 @@ def model_info(exposition: str) -> dict[str, str]:
 def run(args: argparse.Namespace) -> None:
     objects = [o for o in yaml.safe_load_all(args.rendered.read_text()) if o]
     env, memory, cpus, grace = pod_settings(objects)
-    grpc_port, metrics_port, prometheus_port = free_port(), free_port(), free_port()
+    grpc_port, http_port, metrics_port, prometheus_port = free_port(), free_port(), free_port(), free_port()
     target = f"127.0.0.1:{grpc_port}"
-    env.update(DIGITS_HOST="127.0.0.1", DIGITS_PORT=str(grpc_port), DIGITS_METRICS_PORT=str(metrics_port))
+    env.update(DIGITS_HOST="127.0.0.1", DIGITS_PORT=str(grpc_port), DIGITS_HTTP_PORT=str(http_port),
+               DIGITS_METRICS_PORT=str(metrics_port))
     container = smoke_container.Container(name=f"digits-ci-{os.getpid()}", image=args.image)
 
     t = time.monotonic()
@@ -110,6 +112,12 @@ def run(args: argparse.Namespace) -> None:
              f"test image #{args.image_index}: label {result.label} -> {result.digit}, "
              f"|p - onnxruntime| <= {result.max_abs_diff:.1e}; bad shape -> {code.name}; "
              f"model {info['model']} v{info['version']} sha256 {digest[:12]}")
+
+        t = time.monotonic()
+        digit = rest_classify(f"http://127.0.0.1:{http_port}", info["model"], pixels)
+        if digit != result.digit:
+            raise AssertionError(f"REST answered {digit}, gRPC {result.digit}")
+        step("REST infer + the page", t, f"/v2/health/ready 200; same image over REST -> {digit}; / serves the page")
 
         t = time.monotonic()
         exposition = smoke_prometheus.scrape(f"http://127.0.0.1:{metrics_port}/metrics")
@@ -174,6 +182,23 @@ def run(args: argparse.Namespace) -> None:
         raise
     finally:
         container.remove()
+
+
+def rest_classify(base: str, model: str, pixels) -> int:
+    """The image's digit over the Open Inference Protocol's REST API, after checking readiness and the page."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1, never via a proxy
+    with opener.open(f"{base}/v2/health/ready", timeout=10) as reply:
+        assert reply.status == 200, reply.status
+    with opener.open(f"{base}/", timeout=10) as reply:
+        assert reply.headers["Content-Type"].startswith("text/html"), reply.headers
+    body = json.dumps({"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "UINT8",
+                                   "data": [int(v) for v in pixels.reshape(-1)]}],
+                       "outputs": [{"name": "probabilities"}]}).encode()
+    request = urllib.request.Request(f"{base}/v2/models/{model}/infer", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with opener.open(request, timeout=10) as reply:
+        probabilities = json.loads(reply.read())["outputs"][0]["data"]
+    return max(range(len(probabilities)), key=probabilities.__getitem__)
 
 
 def config_rules(rules_file: Path) -> list[dict]:
