@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from service.server.core import InferenceCore
 
 SHUTTING_DOWN = "server is shutting down"
+PATHS_REMEMBERED = 1024
 MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?")
 RETRY_AFTER = ((b"Retry-After", b"1"),)
 CHALLENGE = ((b"WWW-Authenticate", b'Bearer realm="digit-serving"'),)
@@ -66,11 +67,12 @@ class HttpApp:
         self._samples = page_api.Samples()
         self._observers = {method: metrics.RequestObserver(api, method) for api, method in metrics.OBSERVED_METHODS
                            if api in (kserve_v2_rest.API, page_api.API)}
+        self._paths: dict[bytes, tuple[str, tuple[str, str, str | None] | None]] = {}
         self.draining = False
 
     def __call__(self, request: HttpRequest, exchange: Exchange) -> None:
         raw_path, _, raw_query = request.url.partition(b"?")
-        path = unquote(raw_path.decode("latin-1"))
+        path, match = self._resolve(raw_path)
         method = request.method
         try:
             if path.startswith("/v2/health/"):
@@ -79,7 +81,6 @@ class HttpApp:
             if method == b"GET" and path in self._files:
                 exchange.respond(self._files[path])
                 return
-            match = MODEL_PATH.fullmatch(path)
             if match is None and path not in ("/v2", *page_api.ROUTES):
                 raise ModelNotFound(f"no such endpoint: {method.decode('latin-1')} {path[:200]}")
             if self._expected_authorization is not None and not self._authorised(request):
@@ -88,7 +89,7 @@ class HttpApp:
             exchange.respond(failure_response(exc)[1])
             return
         if match is not None:
-            name, version, action = match.group(1), match.group(2) or "", match.group(3)
+            name, version, action = match
             if action == "/infer":
                 self._observed("ModelInfer", request, exchange, b"POST",
                                lambda: self._v2.infer(name, version, request.body,
@@ -109,6 +110,18 @@ class HttpApp:
             self._plain(exchange, method, b"GET", lambda: self._samples.random(query))
 
     # -- what every route shares -----------------------------------------------------------
+    def _resolve(self, raw_path: bytes) -> tuple[str, tuple[str, str, str | None] | None]:
+        """The decoded path and, for a model path, (name, version, action); remembered for the
+        few paths a server sees again and again."""
+        resolved = self._paths.get(raw_path)
+        if resolved is None:
+            path = unquote(raw_path.decode("latin-1"))
+            match = MODEL_PATH.fullmatch(path)
+            resolved = path, match and (match.group(1), match.group(2) or "", match.group(3))
+            if len(self._paths) < PATHS_REMEMBERED:
+                self._paths[raw_path] = resolved
+        return resolved
+
     def _authorised(self, request: HttpRequest) -> bool:
         return hmac.compare_digest(request.headers.get(b"authorization", b""), self._expected_authorization)
 

@@ -14,6 +14,7 @@ request sets `parameters.binary_data_output: true`) comes back the same way.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ HEADER_LENGTH = b"inference-header-content-length"
 OCTET_STREAM = b"application/octet-stream"
 EXTENSIONS = ["binary_tensor_data"]
 WHAT = f"input '{INPUT_NAME}'"
+HEADER_CACHE = 256    # distinct binary request headers remembered; real clients send a handful
 
 
 def ok(document: object) -> Response:
@@ -72,8 +74,23 @@ def split_body(body: bytes, header_length: bytes | None) -> tuple[dict, memoryvi
     return document, view[length:]
 
 
-def decode_pixels(document: dict, binary: memoryview) -> np.ndarray:
-    """The validated [N, 784] pixels of an infer request."""
+@dataclass(frozen=True, slots=True)
+class InferHeader:
+    """Everything an infer request's JSON says but the tensor data, validated. Binary requests
+    of one shape repeat the very same JSON header, so `KServeV2Rest` keeps these by header bytes
+    and a repeated header costs a dictionary lookup instead of a parse and its checks."""
+
+    request_id: str
+    datatype: str
+    shape: list[int]
+    images: int
+    binary_size: int | None              # the input's parameters.binary_data_size
+    outputs: tuple[str, ...] | None      # None: every output, as the specification says
+    binary_outputs: tuple[bool, ...]     # for listed outputs
+    binary_default: bool                 # parameters.binary_data_output
+
+
+def read_header(document: dict) -> InferHeader:
     inputs = _field(document, "inputs", list, "request")
     if not inputs or len(inputs) != 1:
         raise InvalidInput(f"expected exactly one input '{INPUT_NAME}', got {0 if not inputs else len(inputs)}")
@@ -86,16 +103,25 @@ def decode_pixels(document: dict, binary: memoryview) -> np.ndarray:
     datatype = _field(tensor, "datatype", str, WHAT)
     if datatype not in DATATYPES:
         raise InvalidInput(f"unsupported datatype '{datatype}' for {WHAT}; expected one of {', '.join(DATATYPES)}")
-    dtype = DATATYPES[datatype]
     shape = _field(tensor, "shape", list, WHAT)
     if shape is None or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise InvalidInput(f"{WHAT} needs 'shape', an array of integers")
     images = check_tensor_shape(shape, WHAT)
     parameters = _field(tensor, "parameters", dict, WHAT, {})
     size = _field(parameters, "binary_data_size", int, f"{WHAT} parameter")
+    if size is not None and "data" in tensor:
+        raise InvalidInput(f"{WHAT} has both 'data' and binary_data_size; send one")
+    request_parameters = _field(document, "parameters", dict, "request", {})
+    binary_default = _field(request_parameters, "binary_data_output", bool, "request parameter", False)
+    outputs, binary = _requested_outputs(document, binary_default)
+    return InferHeader(_field(document, "id", str, "request", ""), datatype, shape, images, size, outputs,
+                       binary, binary_default)
+
+
+def decode_pixels(header: InferHeader, document: dict | None, binary: memoryview) -> np.ndarray:
+    """The validated [N, 784] pixels: from the bytes after the JSON header, or from its `data`."""
+    dtype, size = DATATYPES[header.datatype], header.binary_size
     if size is not None:
-        if "data" in tensor:
-            raise InvalidInput(f"{WHAT} has both 'data' and binary_data_size; send one")
         if size < 0 or size > len(binary):
             raise InvalidInput(f"{WHAT} declares binary_data_size {size} but {len(binary)} bytes of binary data "
                                "follow the JSON header")
@@ -107,9 +133,9 @@ def decode_pixels(document: dict, binary: memoryview) -> np.ndarray:
         if len(binary):
             raise InvalidInput(f"{len(binary)} bytes of binary data follow the JSON header but no input "
                                "declares binary_data_size")
-        pixels = _pixels_from_json(tensor.get("data"), datatype, dtype)
-    if len(pixels) != images:
-        raise InvalidInput(f"{WHAT} declares shape {shape} ({shape[0]} images) but its data holds "
+        pixels = _pixels_from_json(document["inputs"][0].get("data"), header.datatype, dtype)
+    if len(pixels) != header.images:
+        raise InvalidInput(f"{WHAT} declares shape {header.shape} ({header.images} images) but its data holds "
                            f"{len(pixels)} images")
     return pixels
 
@@ -135,13 +161,11 @@ def _pixels_from_json(data: object, datatype: str, dtype: str) -> np.ndarray:
     return pixels_from_values(values.reshape(-1), f"{WHAT} data")
 
 
-def requested_outputs(document: dict, model: ModelDescription) -> tuple[tuple[str, ...], tuple[bool, ...]]:
-    """The outputs asked for (all when none are listed) and whether each comes back binary."""
-    parameters = _field(document, "parameters", dict, "request", {})
-    binary_default = _field(parameters, "binary_data_output", bool, "request parameter", False)
+def _requested_outputs(document: dict, binary_default: bool) -> tuple[tuple[str, ...] | None, tuple[bool, ...]]:
+    """The outputs listed (None when none are) and whether each comes back binary."""
     outputs = _field(document, "outputs", list, "request", [])
     if not outputs:
-        return model.output_names, (binary_default,) * len(model.output_names)
+        return None, ()
     names, binary = [], []
     for output in outputs:
         if not isinstance(output, dict):
@@ -211,6 +235,7 @@ class Pending:
 class KServeV2Rest:
     def __init__(self, core: InferenceCore) -> None:
         self._core = core
+        self._headers: dict[bytes, InferHeader] = {}   # binary requests' JSON headers, already read
         self._metadata = ok({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
 
     def server_metadata(self) -> Response:
@@ -226,9 +251,27 @@ class KServeV2Rest:
 
     def infer(self, name: str, version: str, body: bytes, header_length: bytes | None) -> Pending:
         model = self._core.find_model(name, version)
-        document, binary = split_body(body, header_length)
-        request_id = _field(document, "id", str, "request", "")
-        pixels = decode_pixels(document, binary)
-        outputs, binary_outputs = requested_outputs(document, model)
+        header, document, binary = self._read(body, header_length)
+        pixels = decode_pixels(header, document, binary)
+        outputs, binary_outputs = header.outputs, header.binary_outputs
+        if outputs is None:
+            outputs, binary_outputs = model.output_names, (header.binary_default,) * len(model.output_names)
+        request_id = header.request_id
         return Pending(InferenceRequest(pixels, outputs),
                        lambda result: encode_result(result, request_id, binary_outputs))
+
+    def _read(self, body: bytes, header_length: bytes | None) -> tuple[InferHeader, dict | None, memoryview]:
+        """The request's header, its JSON document when the data is in it, and the binary data."""
+        if header_length is not None and header_length.isdigit() and int(header_length) <= len(body):
+            length = int(header_length)
+            key = body[:length]
+            header = self._headers.get(key)
+            if header is not None:
+                return header, None, memoryview(body)[length:]
+        document, binary = split_body(body, header_length)
+        header = read_header(document)
+        if header.binary_size is not None and header_length is not None:  # no data in the JSON: reusable
+            if len(self._headers) >= HEADER_CACHE:
+                self._headers.clear()
+            self._headers[body[:len(body) - len(binary)]] = header
+        return header, document, binary
