@@ -30,5 +30,6 @@ def activation_name(layer: int) -> str:
 DEFAULT_MODEL_NAME = "mnist_mlp"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_GRPC_PORT = 8001                   # Triton's gRPC port, so V2 clients find us where they expect
+DEFAULT_HTTP_PORT = 8000                   # Triton's HTTP port
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_TARGET = f"{DEFAULT_HOST}:{DEFAULT_GRPC_PORT}"

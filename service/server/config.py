@@ -11,7 +11,8 @@ import argparse
 import os
 from dataclasses import dataclass, fields
 
-from service.contract import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_METRICS_PORT, DEFAULT_MODEL_NAME
+from service.contract import (DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT,
+                              DEFAULT_MODEL_NAME)
 from service.cpus import usable_cpus
 
 
@@ -19,6 +20,8 @@ from service.cpus import usable_cpus
 class ServeConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_GRPC_PORT
+    http: bool = True
+    http_port: int = DEFAULT_HTTP_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
     model_repository: str = "models"
     model_name: str = DEFAULT_MODEL_NAME
@@ -33,6 +36,8 @@ class ServeConfig:
     max_receive_message_bytes: int = 16 * 1024 * 1024
     max_send_message_bytes: int = 16 * 1024 * 1024
     max_connection_age: float = 0.0        # seconds; 0 keeps connections for ever
+    http_read_timeout: float = 30.0        # seconds a client has to send one whole HTTP request
+    http_idle_timeout: float = 75.0        # seconds an idle HTTP keep-alive connection stays open
     grace_period: float = 10.0
     model_poll_interval: float = 5.0       # seconds; 0 never looks for new versions
     tls_cert: str = ""
@@ -44,8 +49,10 @@ class ServeConfig:
 
 
 HELP = {
-    "host": "address to listen on for gRPC and metrics (0.0.0.0 in containers)",
+    "host": "address to listen on for gRPC, HTTP and metrics (0.0.0.0 in containers)",
     "port": "gRPC port (0 picks a free one)",
+    "http": "serve the Open Inference Protocol over REST and the page at / (--no-http: gRPC only)",
+    "http_port": "HTTP port of REST and the page (0 picks a free one)",
     "metrics_port": "HTTP port of Prometheus /metrics (0 picks a free one)",
     "model_repository": "folder holding <model-name>/<version>/model.onnx",
     "model_name": "model folder in the repository; also the model's name on the V2 API",
@@ -56,17 +63,20 @@ HELP = {
     "max_batch_size": "most images per request and per onnxruntime call",
     "max_queue_size": "most images waiting for compute per worker; beyond it RESOURCE_EXHAUSTED",
     "max_queue_delay_us": "wait this long for more requests before computing (latency for throughput)",
-    "max_concurrent_rpcs": "most inference calls (stream messages included) one worker handles at once; more "
-                           "get RESOURCE_EXHAUSTED (about as many may wait in gRPC core, which sheds the rest)",
-    "max_receive_message_bytes": "largest request message accepted",
+    "max_concurrent_rpcs": "most inference calls (stream messages included) one worker handles at once on each "
+                           "of gRPC and HTTP; more get RESOURCE_EXHAUSTED / 429 (about as many may wait in gRPC "
+                           "core, which sheds the rest)",
+    "max_receive_message_bytes": "largest request message (gRPC) or body (HTTP, else 413) accepted",
     "max_send_message_bytes": "largest response message sent",
     "max_connection_age": "close client connections after this many seconds so clients rebalance (0: never)",
+    "http_read_timeout": "seconds a client has to send one whole HTTP request; slower ones get 408",
+    "http_idle_timeout": "seconds an idle HTTP keep-alive connection stays open",
     "grace_period": "seconds in-flight requests get to finish after SIGTERM/SIGINT",
     "model_poll_interval": "seconds between looks for a new model version to swap in (0: never)",
-    "tls_cert": "PEM certificate chain: serve gRPC over TLS",
+    "tls_cert": "PEM certificate chain: serve gRPC and HTTP over TLS",
     "tls_key": "PEM private key of --tls-cert",
     "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
-    "auth_token_file": "file holding a bearer token the inference RPCs require (or env DIGITS_AUTH_TOKEN)",
+    "auth_token_file": "file holding a bearer token the inference APIs require (or env DIGITS_AUTH_TOKEN)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_json": "log one JSON object per line",
 }

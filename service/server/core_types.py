@@ -28,6 +28,8 @@ class ModelDescription:
     parameter_count: int
     test_accuracy: float
     metadata: dict[str, str] = field(default_factory=dict)
+    # the first layer's weights [neurons, inputs] and biases, for the page; None if not a Gemm on the input
+    first_layer: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
     @cached_property
     def with_activations(self) -> tuple[str, ...]:

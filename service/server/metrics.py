@@ -3,9 +3,9 @@
 Three seams observe: end-to-end latency in the transport (`grpc_api.status`), queue wait and
 batch size in the batcher, compute time around the onnxruntime call. Nothing else times anything.
 
-Every series lives in cells this module owns: one row of float64 cells per worker slot, written
-only by that worker's request thread and summed by whoever collects (the supervisor's /metrics
-with `--workers N`). An observation is two additions to plain numbers, no lock: prometheus-client's
+Every series lives in cells this module owns: one row of float64 cells per front end (gRPC,
+HTTP) of each worker slot, written only by that front end's thread and summed by whoever collects
+(the supervisor's /metrics with `--workers N`). An observation is two additions to plain numbers, no lock: prometheus-client's
 multiprocess values take a lock, check the pid and pack into an mmap on every update (about
 1.3 µs each, a dozen per request), which was the largest part of our p50 overhead at one image
 per call. Model versions (name, version, SHA-256) sit in a small table beside each row, so
@@ -14,13 +14,15 @@ images-by-version and model info need no prometheus-client multiprocess mode eit
 Importing this module maps nothing and registers nothing. Until the lifecycle code calls
 `map_shared`, observations land in a private row of this process (enough for unit tests); the
 lifecycle code maps the shared block before any worker forks, picks each worker's row with
-`use_slot`, and registers the collector with `register` in the process that serves /metrics.
+`use_slot`, each front end's thread picks its row in it with `use_front_end`, and the collector
+is registered with `register` in the process that serves /metrics.
 """
 
 from __future__ import annotations
 
 import logging
 import mmap
+import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
@@ -47,7 +49,11 @@ OBSERVED_METHODS = (
     ("kserve_v2", "ModelInfer"), ("kserve_v2", "ModelStreamInfer"), ("kserve_v2", "ModelMetadata"),
     ("kserve_v2", "ModelReady"),
     ("digits_v1", "Classify"), ("digits_v1", "ClassifyStream"), ("digits_v1", "GetModelInfo"),
+    ("kserve_v2_rest", "ModelInfer"), ("kserve_v2_rest", "ModelMetadata"), ("kserve_v2_rest", "ModelReady"),
+    ("digits_rest", "Preprocess"),
 )
+# The serving threads of one worker, each with its own row (one writer per row, no lock).
+FRONT_ENDS = ("grpc", "http")
 # gRPC's status code names, as strings so that metrics need not import grpc.
 CODES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
          "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
@@ -67,7 +73,7 @@ class _Histogram:
         self.edges = [*map(floatToGoString, bounds), "+Inf"]
 
     def observe(self, value: float) -> None:
-        cells = _cells
+        cells = _writer.cells
         cells[self.offset + bisect_left(self.bounds, value)] += 1.0
         cells[self.sum_cell] += value
 
@@ -155,47 +161,71 @@ class _Block:
         return len(entries)
 
 
-_block = _Block(1, shared=False)   # this process alone until `map_shared`
-_slot = 0                          # this process's row
-_cells = _block.row(0)             # ... as cells: the request path's only write target
-_answered_before = 0.0             # OK calls already in this row when the process took it over
+class _Writer(threading.local):
+    """The row the calling thread writes: the class attributes are the process's gRPC row, which
+    every thread uses until it picks another with `use_front_end`."""
+
+    row: int = 0
+    cells: memoryview
 
 
-def map_shared(rows: int) -> None:
-    """Maps one shared row per worker slot; the supervisor calls it before any worker forks.
-    A single-process server keeps its private row."""
-    global _block, _cells, _slot
-    _block = _Block(rows, shared=True)
-    _slot, _cells = 0, _block.row(0)
+_block = _Block(len(FRONT_ENDS), shared=False)   # this process alone until `map_shared`
+_slot = 0                                        # this process's worker slot
+_writer = _Writer()
+_Writer.cells = _block.row(0)                    # the request path's only write target
+_answered_before = 0.0                           # OK calls already in this slot's rows when the process took it over
+
+
+def _rows_of(slot: int) -> range:
+    return range(slot * len(FRONT_ENDS), (slot + 1) * len(FRONT_ENDS))
+
+
+def map_shared(workers: int) -> None:
+    """Maps the shared rows of every worker slot; the supervisor calls it before any worker forks.
+    A single-process server keeps its private rows."""
+    global _block, _slot
+    _block = _Block(workers * len(FRONT_ENDS), shared=True)
+    _slot = 0
+    _Writer.row, _Writer.cells = 0, _block.row(0)
 
 
 def use_slot(slot: int) -> None:
-    """Called in a worker after fork. A replacement takes over its predecessor's row, so counters
-    stay monotonic; only the in-flight gauge and the served version restart."""
-    global _cells, _answered_before, _slot
-    _slot, _cells = slot, _block.row(slot)
-    _cells[_INFLIGHT] = 0.0
-    _cells[_SERVING] = 0.0
-    _answered_before = _answered(_cells)
+    """Called in a worker after fork. A replacement takes over its predecessor's rows, so counters
+    stay monotonic; only the in-flight gauges and the served versions restart."""
+    global _answered_before, _slot
+    _slot = slot
+    worker_exited(slot)
+    _Writer.row = _rows_of(slot)[0]
+    _Writer.cells = _block.row(_Writer.row)
+    _answered_before = _answered_by_slot()
+
+
+def use_front_end(front_end: str) -> None:
+    """Called by a front end's serving thread before it loads its model or serves a request:
+    from then on this thread writes its own row of this worker's slot."""
+    _writer.row = _rows_of(_slot)[FRONT_ENDS.index(front_end)]
+    _writer.cells = _block.row(_writer.row)
 
 
 def worker_exited(slot: int) -> None:
     """A dead worker's calls are no longer in flight, and it serves no version."""
-    row = _block.row(slot)
-    row[_INFLIGHT] = 0.0
-    row[_SERVING] = 0.0
+    for index in _rows_of(slot):
+        row = _block.row(index)
+        row[_INFLIGHT] = 0.0
+        row[_SERVING] = 0.0
 
 
 def model_installed(name: str, version: str, sha256: str) -> Callable[[int], None]:
     """Records that this worker now serves this model version (model info) and returns the function
     that counts its classified images."""
-    index = _block.find_or_add(_slot, name, version, sha256)
+    cells = _writer.cells
+    index = _block.find_or_add(_writer.row, name, version, sha256)
     if index is None:
         log.warning("metrics label %d model versions at most; images of version %s are not counted",
                     VERSION_SLOTS, version)
-        _cells[_SERVING] = 0.0
+        cells[_SERVING] = 0.0
         return lambda images: None
-    cells, cell = _cells, _IMAGES + index
+    cell = _IMAGES + index
     cells[_SERVING] = index + 1.0
 
     def count_images(images: int) -> None:
@@ -217,16 +247,16 @@ class RequestObserver:
 
 
 def request_started() -> None:
-    _cells[_INFLIGHT] += 1.0
+    _writer.cells[_INFLIGHT] += 1.0
 
 
 def request_finished() -> None:
-    _cells[_INFLIGHT] -= 1.0
+    _writer.cells[_INFLIGHT] -= 1.0
 
 
 def inflight() -> float:
-    """Calls this worker is handling now."""
-    return _cells[_INFLIGHT]
+    """Calls the calling front end of this worker is handling now."""
+    return _writer.cells[_INFLIGHT]
 
 
 def observe_queue_wait(seconds: float) -> None:
@@ -243,9 +273,14 @@ def _answered(row) -> float:
     return sum(h.count(row) for (_, _, code), h in _REQUESTS.items() if code == "OK")
 
 
+def _answered_by_slot() -> float:
+    return sum(_answered(_block.row(index)) for index in _rows_of(_slot))
+
+
 def answered_calls() -> int:
-    """Inference calls this process answered successfully: the server's side of a drain count."""
-    return int(_answered(_cells) - _answered_before)
+    """Inference calls this process answered successfully over every front end: the server's
+    side of a drain count."""
+    return int(_answered_by_slot() - _answered_before)
 
 
 class SharedCollector:

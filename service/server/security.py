@@ -20,6 +20,7 @@ from service.server.config import ServeConfig
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "DIGITS_AUTH_TOKEN"
+REFUSAL = "missing or invalid bearer token"   # what every API answers a request without the token
 
 
 class SecurityConfigError(ValueError):

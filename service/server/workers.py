@@ -15,27 +15,17 @@ import logging
 import os
 import select
 import signal
-import socket
 import time
 from dataclasses import replace
 from http.server import HTTPServer
 
 from prometheus_client import CollectorRegistry, MetricsHandler
 
-from service.server import lifecycle, metrics
+from service.server import lifecycle, metrics, ports
 from service.server.config import ServeConfig
 
 log = logging.getLogger("service.server.workers")
 READY_TIMEOUT = 60.0
-
-
-def _reserve_port(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host.strip("[]"), port))
-    return sock
 
 
 class Supervisor:
@@ -46,16 +36,25 @@ class Supervisor:
 
     def run(self) -> int:
         try:
-            holder = _reserve_port(self.config.host, self.config.port)
+            holder = ports.reserve(self.config.host, self.config.port, "gRPC")
         except OSError as exc:
-            log.error("cannot start: cannot bind %s:%d: %s", self.config.host, self.config.port, exc)
+            log.error("cannot start: %s", exc.strerror)
             return 2
         self.config = replace(self.config, port=holder.getsockname()[1])
+        http_holder = None
         try:  # bound before any worker exists, so a taken port leaves nothing behind
-            httpd = self._metrics_server()
+            if self.config.http:
+                http_holder = ports.reserve(self.config.host, self.config.http_port, "HTTP")
+                self.config = replace(self.config, http_port=http_holder.getsockname()[1])
+            try:
+                httpd = self._metrics_server()
+            except OSError as exc:
+                raise OSError(exc.errno, f"metrics port {self.config.metrics_port}: {exc}") from None
         except OSError as exc:
-            log.error("cannot start: metrics port %d: %s", self.config.metrics_port, exc)
-            holder.close()
+            log.error("cannot start: %s", exc.strerror)
+            for sock in (holder, http_holder):
+                if sock is not None:
+                    sock.close()
             return 2
         self._listening = httpd.socket
         ready_read, self._ready_write = os.pipe()
@@ -67,13 +66,16 @@ class Supervisor:
         if not self._wait_ready(ready_read):
             self._stop_children(grace=5.0)
             return 2
-        lifecycle.announce(self.config, self.config.port, httpd.server_port)
+        lifecycle.announce(self.config, self.config.port, self.config.http_port if self.config.http else None,
+                           httpd.server_port)
         while not self._stopping:
             httpd.handle_request()  # returns after httpd.timeout at the latest
             self._reap(replace_dead=True)
         httpd.server_close()
         code = self._stop_children(grace=self.config.grace_period + 5.0)
         holder.close()
+        if http_holder is not None:
+            http_holder.close()
         return code
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -157,7 +159,7 @@ class Supervisor:
 
 def _worker_main(config: ServeConfig, index: int, ready_write: int) -> int:
     metrics.use_slot(index)
-    return lifecycle.serve(config, lambda port: os.write(ready_write, b"1"))
+    return lifecycle.serve(config, lambda port, http_port: os.write(ready_write, b"1"))
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

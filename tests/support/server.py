@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support import REPO, wait_for
 from tests.support.held_serve import HOLD_ENV
 
-SERVING_LINE = re.compile(r"serving grpc=(\S+) metrics=(\S+) workers=(\d+)")
+SERVING_LINE = re.compile(r"serving grpc=(\S+) http=(\S+) metrics=(\S+) workers=(\d+)")
 HEALTH_SERVICES = ("", "digits.v1.DigitClassifier", "inference.GRPCInferenceService")
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 LOCAL_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # channel option: a TCP connection of its own
@@ -30,15 +30,18 @@ ANSWERED = re.compile(r"\[(\d+)\] \S+: stopped after answering (\d+) inference c
 
 class RunningServer:
     """A `digits serve` child process; its stderr is collected in `log_lines`. Later arguments
-    override the defaults (`--host 127.0.0.1 --port 0 --metrics-port 0`)."""
+    override the defaults (`--host 127.0.0.1 --port 0 --http-port 0 --metrics-port 0`); `http_url` is
+"off" when HTTP is turned off."""
 
     command = [sys.executable, "-m", "service.cli"]
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: Path = REPO,
                  wait: bool = True, timeout: float = 60.0) -> None:
-        command = [*self.command, "serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", *args]
+        command = [*self.command, "serve", "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
+                   "--metrics-port", "0", *args]
         self.log_lines: list[str] = []
         self.address = ""
+        self.http_url = ""
         self.metrics_url = ""
         self._ready = threading.Event()
         self.process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **(env or {})},
@@ -53,7 +56,7 @@ class RunningServer:
             self.log_lines.append(line)
             match = SERVING_LINE.search(line)
             if match and not self._ready.is_set():
-                self.address, self.metrics_url = match.group(1), match.group(2)
+                self.address, self.http_url, self.metrics_url = match.group(1), match.group(2), match.group(3)
                 self._ready.set()
 
     @property

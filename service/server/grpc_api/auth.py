@@ -7,8 +7,6 @@ import grpc
 
 from service.server.security import TlsMaterial
 
-REFUSAL = "missing or invalid bearer token"
-
 
 def server_credentials(tls: TlsMaterial | None) -> grpc.ServerCredentials | None:
     """TLS (mutual when a client CA is set) credentials, or None for plaintext."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,6 +20,7 @@ from service.server.core_types import InferenceRequest, InferenceResult, ModelDe
 from service.server.errors import InvalidInput
 from service.server.grpc_api.methods import Kind, Method, Pending, method_path
 from service.server.grpc_api.status import parse
+from service.server.open_inference import DATATYPES, PLATFORM, SERVER_NAME, SERVER_VERSION
 from service.server.validation import check_tensor_shape, pixels_from_bytes, pixels_from_typed
 from service.wire import length_delimited
 
@@ -29,15 +29,8 @@ if TYPE_CHECKING:
 
 API = "kserve_v2"
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-SERVER_NAME = "digit-serving"
-PLATFORM = "onnxruntime_onnx"
-# V2 datatype -> (our dtype name, the InferTensorContents field that carries it typed)
-DATATYPES = {"FP32": ("float32", "fp32_contents"), "UINT8": ("uint8", "uint_contents")}
-
-try:
-    SERVER_VERSION = version("digit-serving")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    SERVER_VERSION = "0+unknown"
+# V2 datatype -> the InferTensorContents field that carries it typed
+TYPED_FIELDS = {"FP32": "fp32_contents", "UINT8": "uint_contents"}
 
 
 WHAT = f"input '{INPUT_NAME}'"
@@ -60,7 +53,7 @@ def decode_pixels(request: pb.ModelInferRequest) -> np.ndarray:
     if datatype not in DATATYPES:
         raise InvalidInput(f"unsupported datatype '{datatype}' for input '{INPUT_NAME}'; "
                            f"expected one of {', '.join(DATATYPES)}")
-    dtype, field = DATATYPES[datatype]
+    dtype, field = DATATYPES[datatype], TYPED_FIELDS[datatype]
     shape = list(tensor.shape)
     images = check_tensor_shape(shape, WHAT)
     raw = request.raw_input_contents

@@ -23,7 +23,7 @@ import grpc
 
 from service.server import metrics
 from service.server.errors import InferenceError, InvalidInput, NotReady, Overloaded
-from service.server.grpc_api.auth import REFUSAL
+from service.server.security import REFUSAL
 from service.server.grpc_api.health import Health
 from service.server.grpc_api.methods import Kind, Method, Pending
 from service.server.grpc_api.status import status_of

@@ -1,0 +1,268 @@
+"""One HTTP/1.1 connection: bytes in, requests to the application, responses out in order.
+
+The parsing is httptools' (llhttp, in C); this module adds what a server owes its clients on top:
+keep-alive and pipelining (responses leave in request order even when a later request is
+answered first), limits on header and body sizes (431, 413), `Expect: 100-continue`, the read
+and idle timeouts that keep slow or silent clients from holding a connection (408), reading
+paused while the client does not read its answers, and the cancellation of requests whose
+client went away. It knows nothing of inference: the application gets an `HttpRequest` and an
+`Exchange` to answer, now or later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from http import HTTPStatus
+
+import httptools
+
+from service.server.http_api.status import error_body
+
+MAX_HEADER_BYTES = 64 * 1024     # request line and headers of one request
+MAX_HEADERS = 100
+PIPELINE_DEPTH = 64              # requests of one connection answered concurrently; more wait to be read
+JSON = b"application/json"
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Response:
+    """A whole response: status, body, its content type and any further headers."""
+
+    __slots__ = ("status", "body", "content_type", "headers")
+
+    def __init__(self, status: int, body: bytes, content_type: bytes = JSON,
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        self.status, self.body, self.content_type, self.headers = status, body, content_type, headers
+
+    def encode(self, close: bool) -> bytes:
+        head = [_STATUS_LINES[self.status], b"Content-Type: ", self.content_type,
+                b"\r\nContent-Length: ", b"%d" % len(self.body), b"\r\n"]
+        for name, value in self.headers:
+            head += [name, b": ", value, b"\r\n"]
+        if close:
+            head.append(b"Connection: close\r\n")
+        head.append(b"\r\n")
+        head.append(self.body)
+        return b"".join(head)
+
+
+def error_response(status: int, message: str) -> Response:
+    return Response(status, error_body(message))
+
+
+class HttpRequest:
+    """One parsed request. Header names are lower-case bytes; `started` is when its first byte
+    arrived (time.perf_counter()), so latency includes reading a slow upload."""
+
+    __slots__ = ("method", "url", "headers", "body", "started")
+
+    def __init__(self, method: bytes, url: bytes, headers: dict[bytes, bytes], body: bytes, started: float) -> None:
+        self.method, self.url, self.headers, self.body, self.started = method, url, headers, body, started
+
+
+class Exchange:
+    """A request's place in its connection's queue of answers. The application calls `respond`
+    once; `on_abort` (set by the application) runs if the client leaves before that."""
+
+    __slots__ = ("_connection", "response", "keep_alive", "on_abort")
+
+    def __init__(self, connection: HttpConnection, keep_alive: bool) -> None:
+        self._connection = connection
+        self.response: Response | None = None
+        self.keep_alive = keep_alive
+        self.on_abort: Callable[[], None] | None = None
+
+    def respond(self, response: Response) -> None:
+        if self.response is None:
+            self.response = response
+            self._connection.flush()
+
+
+Application = Callable[[HttpRequest, Exchange], None]
+
+
+class ConnectionSettings:
+    """What every connection of one front end shares."""
+
+    def __init__(self, application: Application, max_body_bytes: int, read_timeout: float,
+                 idle_timeout: float) -> None:
+        self.application = application
+        self.max_body_bytes = max_body_bytes
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
+        self.connections: set[HttpConnection] = set()
+        self.draining = False   # answer what is in flight, then close each connection
+
+
+class HttpConnection(asyncio.Protocol):
+    def __init__(self, settings: ConnectionSettings) -> None:
+        self._settings = settings
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._queue: deque[Exchange] = deque()
+        self._closing = False
+        self._refused = False              # a request could not be read: nothing more is read
+        self._reading_paused = False
+        self._writing_paused = False
+        self._last_activity = time.monotonic()
+        # the request being read
+        self._in_message = False
+        self._message_began = 0.0          # time.monotonic() of its first byte
+        self._started = 0.0                # time.perf_counter() of its first byte
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._header_bytes = 0
+        self._headers_done = False
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+
+    # -- asyncio ---------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._settings.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._settings.connections.discard(self)
+        self._closing = True
+        for exchange in self._queue:
+            if exchange.response is None and exchange.on_abort is not None:
+                exchange.on_abort()
+        self._queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing or self._refused:
+            return
+        self._last_activity = time.monotonic()
+        if not self._headers_done:
+            self._header_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(HTTPStatus.NOT_IMPLEMENTED, "protocol upgrades are not supported; speak HTTP/1.1")
+        except httptools.HttpParserError as exc:
+            if not self._refused:
+                self._refuse(HTTPStatus.BAD_REQUEST, f"malformed HTTP request: {exc}")
+        if not self._headers_done and self._header_bytes > MAX_HEADER_BYTES and not self._refused:
+            self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                         f"request line and headers exceed {MAX_HEADER_BYTES} bytes")
+
+    def pause_writing(self) -> None:
+        """The client is not reading its answers: stop reading its questions."""
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+
+    # -- httptools callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self._message_began = time.monotonic()
+        self._started = time.perf_counter()
+        self._url = b""
+        self._headers = {}
+        self._headers_done = False
+        self._body = []
+        self._body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self._headers) >= MAX_HEADERS:
+            raise httptools.HttpParserError(f"more than {MAX_HEADERS} headers")
+        self._headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+        self._header_bytes = 0
+        declared = self._headers.get(b"content-length")
+        limit = self._settings.max_body_bytes
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                         f"request body of {int(declared)} bytes exceeds the server's limit of {limit} "
+                         "(--max-receive-message-bytes); send fewer images per request")
+            raise httptools.HttpParserError("body too large")  # stop parsing this connection
+        if self._headers.get(b"expect", b"").lower() == b"100-continue" and not self._queue:
+            self._transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._settings.max_body_bytes:
+            self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                         f"request body exceeds the server's limit of {self._settings.max_body_bytes} bytes "
+                         "(--max-receive-message-bytes); send fewer images per request")
+            raise httptools.HttpParserError("body too large")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        self._headers_done = False
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._body = []
+        exchange = Exchange(self, self._parser.should_keep_alive())
+        self._queue.append(exchange)
+        request = HttpRequest(self._parser.get_method(), self._url, self._headers, body, self._started)
+        self._update_reading()
+        self._settings.application(request, exchange)
+
+    # -- answers ---------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Writes every answer at the head of the queue that is ready, in request order."""
+        queue = self._queue
+        while queue and queue[0].response is not None and not self._closing:
+            exchange = queue.popleft()
+            close = not exchange.keep_alive or self._settings.draining
+            self._transport.write(exchange.response.encode(close))
+            if close:
+                self._close()
+                return
+        self._update_reading()
+
+    def _refuse(self, status: HTTPStatus, message: str) -> None:
+        """A request that cannot be read on: answered (after those before it) and the connection closed."""
+        self._refused = True
+        self._in_message = False
+        exchange = Exchange(self, keep_alive=False)
+        self._queue.append(exchange)
+        exchange.respond(error_response(status, message))
+        if not self._closing:  # earlier answers pending: stop reading, close once they are out
+            self._pause()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._transport.close()
+
+    def _update_reading(self) -> None:
+        if self._closing or self._refused:
+            return
+        should_pause = self._writing_paused or len(self._queue) >= PIPELINE_DEPTH
+        if should_pause and not self._reading_paused:
+            self._pause()
+        elif not should_pause and self._reading_paused:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    def _pause(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    # -- the front end's periodic sweep ----------------------------------------------------
+    def check_timeouts(self, now: float) -> None:
+        """408 for a request still being read after `read_timeout`; close a connection idle (no
+        request being read or answered) for `idle_timeout`."""
+        if self._closing or self._refused:
+            return
+        settings = self._settings
+        if self._in_message:
+            if now - self._message_began > settings.read_timeout:
+                self._refuse(HTTPStatus.REQUEST_TIMEOUT,
+                             f"request not received within {settings.read_timeout:g} s")
+        elif not self._queue and now - self._last_activity > settings.idle_timeout:
+            self._close()

@@ -1,0 +1,234 @@
+"""Open Inference Protocol (KServe V2) over REST, with Triton's binary tensor extension.
+
+Thin, like the gRPC adapter: JSON (and raw bytes) in, an `InferenceRequest` for the core, the
+result back as JSON or as JSON plus raw bytes. It accepts what the gRPC API accepts (the one
+input `pixels`, FP32 or UINT8, shape [N, 784] or [N, 28, 28]) through the same `validation`.
+
+Binary tensors (https://github.com/triton-inference-server/server/blob/main/docs/protocol/
+extension_binary_data.md): the header `Inference-Header-Content-Length` says how much of the
+body is JSON; an input with `parameters.binary_data_size` takes that many bytes of what follows,
+in input order. An output asked for with `parameters.binary_data: true` (or every output when the
+request sets `parameters.binary_data_output: true`) comes back the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from service.contract import FEATURES, INPUT_NAME
+from service.server.core_types import InferenceRequest, InferenceResult, ModelDescription
+from service.server.errors import InvalidInput
+from service.server.http_api.connection import Response
+from service.server.open_inference import DATATYPES, PLATFORM, SERVER_NAME, SERVER_VERSION
+from service.server.validation import check_tensor_shape, pixels_from_bytes, pixels_from_values
+
+if TYPE_CHECKING:
+    from service.server.core import InferenceCore
+
+API = "kserve_v2_rest"
+HEADER_LENGTH = b"inference-header-content-length"
+OCTET_STREAM = b"application/octet-stream"
+EXTENSIONS = ["binary_tensor_data"]
+WHAT = f"input '{INPUT_NAME}'"
+
+
+def ok(document: object) -> Response:
+    return Response(200, json.dumps(document, separators=(",", ":")).encode())
+
+
+def _field(document: dict, key: str, kind: type, what: str, default: Any = None) -> Any:
+    """`document[key]` if it has the JSON type `kind` (true/false is not an integer), else `default`
+    when absent; anything else is the client's error."""
+    value = document.get(key, default)
+    if value is not default and (not isinstance(value, kind) or type(value) is bool and kind is not bool):
+        raise InvalidInput(f"{what} '{key}' must be {_JSON_NAMES[kind]}, got {json.dumps(value)[:60]}")
+    return value
+
+
+_JSON_NAMES = {dict: "an object", list: "an array", str: "a string", int: "an integer", bool: "true or false"}
+
+
+def split_body(body: bytes, header_length: bytes | None) -> tuple[dict, memoryview]:
+    """The request's JSON document and the binary data after it."""
+    if header_length is None:
+        length = len(body)
+    else:
+        if not header_length.isdigit():
+            raise InvalidInput(f"Inference-Header-Content-Length must be a byte count, got {header_length[:40]!r}")
+        length = int(header_length)
+        if length > len(body):
+            raise InvalidInput(f"Inference-Header-Content-Length is {length} but the body has only {len(body)} bytes")
+    view = memoryview(body)
+    try:
+        document = json.loads(body[:length] if header_length is not None else body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("request body must be a JSON object with 'inputs'")
+    return document, view[length:]
+
+
+def decode_pixels(document: dict, binary: memoryview) -> np.ndarray:
+    """The validated [N, 784] pixels of an infer request."""
+    inputs = _field(document, "inputs", list, "request")
+    if not inputs or len(inputs) != 1:
+        raise InvalidInput(f"expected exactly one input '{INPUT_NAME}', got {0 if not inputs else len(inputs)}")
+    tensor = inputs[0]
+    if not isinstance(tensor, dict):
+        raise InvalidInput("each input must be a JSON object")
+    name = _field(tensor, "name", str, "input")
+    if name != INPUT_NAME:
+        raise InvalidInput(f"unknown input '{name}'; this model's only input is '{INPUT_NAME}'")
+    datatype = _field(tensor, "datatype", str, WHAT)
+    if datatype not in DATATYPES:
+        raise InvalidInput(f"unsupported datatype '{datatype}' for {WHAT}; expected one of {', '.join(DATATYPES)}")
+    dtype = DATATYPES[datatype]
+    shape = _field(tensor, "shape", list, WHAT)
+    if shape is None or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise InvalidInput(f"{WHAT} needs 'shape', an array of integers")
+    images = check_tensor_shape(shape, WHAT)
+    parameters = _field(tensor, "parameters", dict, WHAT, {})
+    size = _field(parameters, "binary_data_size", int, f"{WHAT} parameter")
+    if size is not None:
+        if "data" in tensor:
+            raise InvalidInput(f"{WHAT} has both 'data' and binary_data_size; send one")
+        if size < 0 or size > len(binary):
+            raise InvalidInput(f"{WHAT} declares binary_data_size {size} but {len(binary)} bytes of binary data "
+                               "follow the JSON header")
+        if size != len(binary):
+            raise InvalidInput(f"{len(binary) - size} bytes of binary data follow {WHAT}'s {size}; "
+                               "binary_data_size must account for every byte after the JSON header")
+        pixels = pixels_from_bytes(binary, dtype, WHAT)
+    else:
+        if len(binary):
+            raise InvalidInput(f"{len(binary)} bytes of binary data follow the JSON header but no input "
+                               "declares binary_data_size")
+        pixels = _pixels_from_json(tensor.get("data"), datatype, dtype)
+    if len(pixels) != images:
+        raise InvalidInput(f"{WHAT} declares shape {shape} ({shape[0]} images) but its data holds "
+                           f"{len(pixels)} images")
+    return pixels
+
+
+def _pixels_from_json(data: object, datatype: str, dtype: str) -> np.ndarray:
+    if not isinstance(data, list):
+        raise InvalidInput(f"{WHAT} needs 'data' (an array of numbers) or parameters.binary_data_size")
+    try:
+        values = np.array(data)
+    except (ValueError, TypeError):
+        raise InvalidInput(f"{WHAT} 'data' must be a flat or evenly nested array of numbers") from None
+    kind = values.dtype.kind
+    if dtype == "uint8":
+        if kind not in "iu" and not (kind == "f" and values.size == 0):
+            raise InvalidInput(f"{WHAT} is UINT8, so 'data' must hold integers within 0..255")
+        if values.size and (values.min() < 0 or values.max() > 255):
+            raise InvalidInput(f"{WHAT}: UINT8 values must be within 0..255")
+        values = values.astype(np.uint8)
+    else:
+        if kind not in "iuf":
+            raise InvalidInput(f"{WHAT} is {datatype}, so 'data' must hold numbers")
+        values = values.astype(np.float32)
+    return pixels_from_values(values.reshape(-1), f"{WHAT} data")
+
+
+def requested_outputs(document: dict, model: ModelDescription) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+    """The outputs asked for (all when none are listed) and whether each comes back binary."""
+    parameters = _field(document, "parameters", dict, "request", {})
+    binary_default = _field(parameters, "binary_data_output", bool, "request parameter", False)
+    outputs = _field(document, "outputs", list, "request", [])
+    if not outputs:
+        return model.output_names, (binary_default,) * len(model.output_names)
+    names, binary = [], []
+    for output in outputs:
+        if not isinstance(output, dict):
+            raise InvalidInput("each requested output must be a JSON object with a 'name'")
+        names.append(_field(output, "name", str, "output") or "")
+        output_parameters = _field(output, "parameters", dict, "output", {})
+        if output_parameters.get("classification"):
+            raise InvalidInput("the classification extension is not supported; ask for 'probabilities'")
+        binary.append(_field(output_parameters, "binary_data", bool, "output parameter", binary_default))
+    return tuple(names), tuple(binary)
+
+
+@lru_cache(maxsize=256)
+def _binary_header(name: str, version: str, outputs: tuple[tuple[str, int, int, bool], ...]) -> bytes:
+    """The JSON header of an all-binary answer without an id: the same for every request of one shape."""
+    return json.dumps(_document(name, version, "", outputs, None), separators=(",", ":")).encode()
+
+
+def _document(name: str, version: str, request_id: str, outputs: tuple[tuple[str, int, int, bool], ...],
+              arrays: dict[str, np.ndarray] | None) -> dict:
+    tensors = []
+    for output, rows, width, binary in outputs:
+        tensor: dict[str, object] = {"name": output, "datatype": "FP32", "shape": [rows, width]}
+        if binary:
+            tensor["parameters"] = {"binary_data_size": rows * width * 4}
+        else:
+            tensor["data"] = arrays[output].ravel().tolist()
+        tensors.append(tensor)
+    document: dict[str, object] = {"model_name": name, "model_version": version}
+    if request_id:
+        document["id"] = request_id
+    document["outputs"] = tensors
+    return document
+
+
+def encode_result(result: InferenceResult, request_id: str, binary: tuple[bool, ...]) -> Response:
+    arrays = result.outputs
+    shapes = tuple((name, *array.shape, wanted) for (name, array), wanted in zip(arrays.items(), binary))
+    model = result.model
+    if not any(binary):
+        return ok(_document(model.name, model.version, request_id, shapes, arrays))
+    if request_id or not all(binary):
+        header = json.dumps(_document(model.name, model.version, request_id, shapes, arrays),
+                            separators=(",", ":")).encode()
+    else:
+        header = _binary_header(model.name, model.version, shapes)
+    parts = [header] + [array.tobytes() for array, wanted in zip(arrays.values(), binary) if wanted]
+    return Response(200, b"".join(parts), OCTET_STREAM, ((b"Inference-Header-Content-Length", b"%d" % len(header)),))
+
+
+def model_metadata(model: ModelDescription) -> dict:
+    return {"name": model.name, "versions": [model.version], "platform": PLATFORM,
+            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, FEATURES]}],
+            "outputs": [{"name": n, "datatype": "FP32", "shape": [-1, model.output_widths[n]]}
+                        for n in model.output_names]}
+
+
+class Pending:
+    """An inference to hand to the core, and how to turn its result into the response."""
+
+    __slots__ = ("request", "encode")
+
+    def __init__(self, request: InferenceRequest, encode) -> None:
+        self.request, self.encode = request, encode
+
+
+class KServeV2Rest:
+    def __init__(self, core: InferenceCore) -> None:
+        self._core = core
+        self._metadata = ok({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
+
+    def server_metadata(self) -> Response:
+        return self._metadata
+
+    def model_metadata(self, name: str, version: str) -> Response:
+        return ok(model_metadata(self._core.find_model(name, version)))
+
+    def model_ready(self, name: str, version: str) -> Response:
+        """200 once the model answers (the caller answers 503 while the server is not serving)."""
+        model = self._core.find_model(name, version)
+        return ok({"name": model.name, "version": model.version, "ready": True})
+
+    def infer(self, name: str, version: str, body: bytes, header_length: bytes | None) -> Pending:
+        model = self._core.find_model(name, version)
+        document, binary = split_body(body, header_length)
+        request_id = _field(document, "id", str, "request", "")
+        pixels = decode_pixels(document, binary)
+        outputs, binary_outputs = requested_outputs(document, model)
+        return Pending(InferenceRequest(pixels, outputs),
+                       lambda result: encode_result(result, request_id, binary_outputs))

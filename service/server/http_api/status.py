@@ -1,0 +1,41 @@
+"""The one table from the core's failures to HTTP statuses, and the JSON error body.
+
+Every failure is an `InferenceError` whose `status` names a gRPC code (see `service.server.errors`);
+REST clients expect HTTP statuses instead, so this table maps each name once. The metrics keep
+the gRPC name as their `code` label, so one dashboard reads both APIs alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from service.server.errors import InferenceError
+
+log = logging.getLogger(__name__)
+
+INTERNAL_MESSAGE = "internal server error; the server log has the details"
+HTTP_STATUS = {
+    "OK": 200,
+    "INVALID_ARGUMENT": 400,
+    "UNAUTHENTICATED": 401,
+    "NOT_FOUND": 404,
+    "DEADLINE_EXCEEDED": 504,
+    "RESOURCE_EXHAUSTED": 429,
+    "UNAVAILABLE": 503,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+}
+
+
+def failure_of(exc: BaseException) -> tuple[str, str]:
+    """(status name, message) for `exc`; only the server's own bugs are logged."""
+    if isinstance(exc, InferenceError):
+        return exc.status, str(exc)
+    log.exception("unexpected error while handling an HTTP request", exc_info=exc)
+    return "INTERNAL", INTERNAL_MESSAGE
+
+
+def error_body(message: str) -> bytes:
+    """`{"error": "..."}`, what Triton and KServe answer and what tritonclient reads."""
+    return json.dumps({"error": message}).encode()
