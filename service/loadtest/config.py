@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from service.client.mnist_files import default_mnist_dir
-from service.contract import DEFAULT_HOST, DEFAULT_MODEL_NAME, DEFAULT_TARGET
+from service.contract import DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_MODEL_NAME, DEFAULT_TARGET
 from service.cpus import usable_cpus
 from service.loadtest.http import parse_target
 
 REST_API = "kserve_v2_rest"
 APIS = ("kserve_v2", "digits_v1", REST_API)
 # Where an Open Inference Protocol HTTP endpoint listens by default (Triton's and KServe's port 8000).
-DEFAULT_REST_TARGET = f"http://{DEFAULT_HOST}:8000"
+DEFAULT_REST_TARGET = f"http://{DEFAULT_HOST}:{DEFAULT_HTTP_PORT}"
 MODES = ("closed", "open")
 DTYPES = ("uint8", "float32")
 
