@@ -16,6 +16,7 @@ from service.loadtest.rest_payload import INFERENCE_HEADER, binary_reply_problem
 from tests.loadtest.test_loadtest import SHORT, assert_sane, loadtest
 from tests.support import closed_port
 from tests.support.http_peer import MODEL, HttpPeer
+from tests.support.server import RunningServer
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +117,34 @@ def test_binary_reply_checks_read_the_declared_sizes():
     assert "body is" in binary_reply_problem(headers, head + bytes(39), 1)
     assert "asked for 2" in binary_reply_problem(headers, head + bytes(40), 2)
     assert INFERENCE_HEADER in binary_reply_problem({}, head + bytes(40), 1)
+
+
+def rest_infer_counts(server: RunningServer) -> dict[str, float]:
+    """The server's own count of REST ModelInfer calls by code (digits_requests_total, api kserve_v2_rest)."""
+    return {sample.labels["code"]: sample.value for sample in server.metrics()["digits_requests"].samples
+            if sample.name == "digits_requests_total" and sample.labels.get("api") == "kserve_v2_rest"
+            and sample.labels.get("method") == "ModelInfer"}
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_rest_load_against_digits_serve_matches_its_metrics(tmp_path, binary):
+    """The real `digits serve --http-port 0`: its own count of REST ModelInfer calls answered OK
+    (/metrics, api kserve_v2_rest) is the tester's OK count, and nothing else was counted."""
+    server = RunningServer("--workers", "1")
+    try:
+        assert server.http_url.startswith("http://127.0.0.1:"), server.http_url
+        before = rest_infer_counts(server)
+        code, doc = loadtest(tmp_path, "--target", server.http_url, "--api", "kserve_v2_rest",
+                             *(["--binary-tensors"] if binary else []), "--concurrency", "4", "--processes", "1",
+                             "--batch-size", "2", "--warmup", "0", "--duration", "0.5", "--timeout", "5")
+        assert code == 0
+        (run,) = doc["runs"]
+        assert_sane(run, 2)
+        assert run["errors"] == {} and run["ok"] > 0
+        after = rest_infer_counts(server)
+        delta = {code: after[code] - before.get(code, 0.0) for code in after if after[code] != before.get(code, 0.0)}
+        # no warm-up, so every request sent is a measured one: the server counted each once, as OK
+        assert run["sent_total"] == run["ok"]
+        assert delta == {"OK": run["ok"]}
+    finally:
+        assert server.stop() == 0, server.log

@@ -9,6 +9,7 @@ test can hold the client's counts against the server's.
 from __future__ import annotations
 
 import json
+import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -19,6 +20,7 @@ PROBABILITIES = [0.1] * 10
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive unless a route says otherwise
+    disable_nagle_algorithm = True  # head and body are two writes: no 40 ms wait for the client's ACK
     server: "HttpPeer"
 
     def setup(self) -> None:
@@ -104,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
             {"name": name, "datatype": "FP32", "shape": [batch, 10], "parameters": {"binary_data_size": size}}
             for name in outputs]}
         head = json.dumps(reply).encode()
-        self._send(200, head + bytes(40 * batch * len(outputs)),
+        self._send(200, head + struct.pack(f"<{10 * batch}f", *PROBABILITIES * batch) * len(outputs),
                    {INFERENCE_HEADER: str(len(head)), "Content-Type": "application/octet-stream"})
 
 
