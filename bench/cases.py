@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 FLOOR, SERVICE, TRITON = "floor", "service", "triton"
 PYTHON, H2LOAD = "python", "h2load"
+REST = "kserve_v2_rest"  # the Open Inference Protocol over HTTP/1.1 (service.loadtest.config.REST_API)
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,11 @@ class Case:
     concurrency: int = 1
     dtype: str = "float32"
     activations: bool = False
+    binary: bool = False  # REST: binary tensors (Triton's extension) rather than JSON number arrays
+
+    @property
+    def rest(self) -> bool:
+        return self.api == REST
 
 
 CASES = (
@@ -34,4 +40,7 @@ CASES = (
     Case("1x1_act", "1 × 1 V2 float32 + activations", activations=True),
     Case("1x32_v1", "1 × 32 digits.v1 unary", api="digits_v1", concurrency=32),
     Case("1x32_stream", "1 × 32 digits.v1 stream", api="digits_v1", stream=True, concurrency=32),
+    Case("1x32_rest_bin", "1 × 32 REST float32 binary", api=REST, concurrency=32, binary=True),
+    Case("1x32_rest_json", "1 × 32 REST float32 JSON", api=REST, concurrency=32),
+    Case("1x1_rest_bin", "1 × 1 REST float32 binary", api=REST, binary=True),
 )

@@ -19,6 +19,9 @@ server's own counts afterwards.
 
 h2load cannot drive a gRPC stream (it sends one request per HTTP/2 stream), so streaming cases
 stay on the Python load tester.
+
+The REST cases (bench/h2load_rest.py) use the same runs with `--h1`: HTTP/1.1, one connection a
+request in flight, the body and headers of the Python tester's first REST request.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -52,6 +56,9 @@ PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999))
 # on_window(window_start, window_end, client_pids), in `clock()` time, like service.loadtest.runner's.
 WindowObserver = Callable[[float, float, list[int]], None]
 
+if TYPE_CHECKING:
+    from bench.h2load_rest import RestPayload
+
 
 class H2loadError(RuntimeError):
     """h2load did not run or printed no summary (not a server error: those are counted)."""
@@ -74,9 +81,19 @@ class Payload:
     message: bytes  # the serialised request protobuf
     request_id: str
 
+    h1 = False  # gRPC is HTTP/2
+
     @property
     def path(self) -> str:
         return GRPC_PATHS[self.api]
+
+    @property
+    def headers(self) -> tuple[str, ...]:
+        return GRPC_HEADERS
+
+    def body(self) -> bytes:
+        """What h2load's -d file holds."""
+        return self.grpc_frame()
 
     def grpc_frame(self) -> bytes:
         """The HTTP/2 body of the call: uncompressed flag, big-endian length, message."""
@@ -118,11 +135,12 @@ def connection_shape(concurrency: int, max_connections: int) -> tuple[int, int]:
 
 
 def h2load_command(target: str, path: str, body: Path, connections: int, streams: int, duration_s: float,
-                   log_file: Path | None) -> list[str]:
-    """One timing-based h2load run (no warm-up of its own: see `run_h2load`), one thread."""
-    command = [H2LOAD, "-c", str(connections), "-m", str(streams), "-t", "1",
+                   log_file: Path | None, headers: tuple[str, ...] = GRPC_HEADERS, h1: bool = False) -> list[str]:
+    """One timing-based h2load run (no warm-up of its own: see `run_h2load`), one thread; `h1`:
+    HTTP/1.1, where `streams` must be 1 (more would be pipelining, which no REST client does)."""
+    command = [H2LOAD, *(["--h1"] if h1 else []), "-c", str(connections), "-m", str(streams), "-t", "1",
                "-D", f"{round(duration_s * 1000)}ms", "-d", str(body)]
-    for header in GRPC_HEADERS:
+    for header in headers:
         command += ["-H", header]
     if log_file is not None:
         command.append(f"--log-file={log_file}")
@@ -168,14 +186,16 @@ def _errors(summary: dict[str, int]) -> dict[str, int]:
     return errors
 
 
-def run_h2load(target: str, payload: Payload, body: Path, connections: int, streams: int, duration_s: float,
+def run_h2load(target: str, payload: "Payload | RestPayload", body: Path, connections: int, streams: int, duration_s: float,
                log_file: Path | None = None, on_window: WindowObserver | None = None) -> dict:
     """One h2load run to completion, as a dict shaped like `service.loadtest.runner.run_load`'s.
 
-    The body file must hold `payload.grpc_frame()`. `on_window`, if given, hears the CPU window
+    The body file must hold `payload.body()`. `on_window`, if given, hears the CPU window
     (inside the main phase) and h2load's pid right after the launch, and must return at once.
+    `target` is HOST:PORT (for a REST payload, its HTTP endpoint's).
     """
-    command = h2load_command(target, payload.path, body, connections, streams, duration_s, log_file)
+    command = h2load_command(target, payload.path, body, connections, streams, duration_s, log_file,
+                             payload.headers, payload.h1)
     if log_file is not None:
         log_file.unlink(missing_ok=True)  # h2load appends to an existing log: the last run's lines would stay
     launched = clock()
@@ -237,7 +257,7 @@ def probe(target: str, payload: Payload, expected: np.ndarray | None, timeout_s:
         return [f"reply does not decode: {exc!r}"]
 
 
-def _compare(probabilities: np.ndarray, expected: np.ndarray | None) -> list[str]:
+def compare_probabilities(probabilities: np.ndarray, expected: np.ndarray | None) -> list[str]:
     if expected is None:
         return []
     if probabilities.shape != expected.shape:
@@ -264,7 +284,7 @@ def _check_kserve(reply: bytes, payload: Payload, expected: np.ndarray | None) -
         if output.datatype != "FP32" or not sized:
             problems.append(f"output {output.name}: {output.datatype} {shape} in {len(raw)} bytes")
         elif output.name == PROBABILITIES:
-            problems += _compare(np.frombuffer(raw, "<f4").reshape(shape), expected)
+            problems += compare_probabilities(np.frombuffer(raw, "<f4").reshape(shape), expected)
     return problems
 
 
@@ -286,7 +306,7 @@ def _check_digits(reply: bytes, payload: Payload, expected: np.ndarray | None) -
         if layers != activations:
             return problems + [f"activations {layers}, asked for {activations}"]
     probabilities = np.array([list(p.probabilities) for p in response.predictions], np.float32)
-    problems += _compare(probabilities, expected)
+    problems += compare_probabilities(probabilities, expected)
     if expected is not None and [p.digit for p in response.predictions] != list(expected.argmax(axis=1)):
         problems.append("digits are not the argmax of the model's probabilities")
     return problems

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench import h2load_client as h2load
+from bench import h2load_rest
 from bench.cases import FLOOR, H2LOAD, PYTHON, Case
 from bench.peers import CPUS, REPO, Peer, Server, floor_worker_counts, requests_by_code, rss_mb
 from bench.report import print_run
@@ -131,7 +132,7 @@ class WindowMeter:
 
 
 def load_config(case: Case, target: str, args: argparse.Namespace) -> LoadConfig:
-    return LoadConfig(target=target, api=case.api, stream=case.stream, mode="closed",
+    return LoadConfig(target=target, api=case.api, stream=case.stream, binary_tensors=case.binary, mode="closed",
                       concurrency=case.concurrency, processes=args.processes, channels=args.channels,
                       batch_size=case.batch_size, dtype=case.dtype, activations=case.activations,
                       warmup_s=args.warmup, duration_s=args.duration, timeout_s=10.0,
@@ -141,27 +142,29 @@ def load_config(case: Case, target: str, args: argparse.Namespace) -> LoadConfig
 def measure(case: Case, peer: Peer, args: argparse.Namespace) -> dict:
     """One Python-load-tester run of `case` against `peer`, plus server and client CPU over its measured window."""
     meter = WindowMeter(peer.pid)
-    run = run_load(load_config(case, peer.target, args), on_window=meter.start)
+    run = run_load(load_config(case, peer.http_url if case.rest else peer.target, args), on_window=meter.start)
     run.update(meter.figures(run["rps"]))
     run["client"] = PYTHON
-    run["client_label"] = f"python {min(args.processes, case.concurrency)} proc × {args.channels} conn"
+    processes = min(args.processes, case.concurrency)
+    run["client_label"] = (f"python {processes} proc, {case.concurrency} conn" if case.rest
+                           else f"python {processes} proc × {args.channels} conn")
     return run
 
 
-PROBES = 1  # real gRPC calls per h2load measurement: they are in the server's counts too
+PROBES = 1  # real calls (gRPC or HTTP) per h2load measurement: they are in the server's counts too
 
 
 @dataclass(frozen=True)
 class H2loadInput:
     """What h2load sends for one case, and what the one real gRPC call must get back; built once a run."""
 
-    payload: h2load.Payload
-    body: Path                # the gRPC-framed message, h2load's -d file
+    payload: h2load.Payload | h2load_rest.RestPayload
+    body: Path                # h2load's -d file: the gRPC-framed message, or the REST body
     expected: np.ndarray      # onnxruntime's probabilities for the payload's batch
 
 
 def uses_h2load(case: Case, args: argparse.Namespace) -> bool:
-    """h2load drives every unary case when chosen; it cannot drive a gRPC stream."""
+    """h2load drives every unary case when chosen, REST ones in HTTP/1.1; it cannot drive a gRPC stream."""
     return args.client == H2LOAD and not case.stream
 
 
@@ -169,31 +172,44 @@ def prepare_h2load(cases: list[Case], model: Path, directory: Path) -> dict[str,
     """Payload, body file and expected answer of every case h2load drives (the same bytes for every peer)."""
     inputs = {}
     for case in cases:
-        payload = h2load.build_payload(case.api, case.batch_size, case.dtype, case.activations, DEFAULT_MODEL_NAME,
-                                       REPO / "data" / "mnist")
+        if case.rest:
+            payload = h2load_rest.build_rest_payload(case.batch_size, case.dtype, case.activations, case.binary,
+                                                     DEFAULT_MODEL_NAME, REPO / "data" / "mnist")
+        else:
+            payload = h2load.build_payload(case.api, case.batch_size, case.dtype, case.activations,
+                                           DEFAULT_MODEL_NAME, REPO / "data" / "mnist")
         body = directory / f"{case.key}.body"
-        body.write_bytes(payload.grpc_frame())
+        body.write_bytes(payload.body())
         inputs[case.key] = H2loadInput(payload, body, h2load.reference_probabilities(model, payload))
     return inputs
 
 
 def measure_h2load(case: Case, peer: Peer, args: argparse.Namespace, given: H2loadInput, log_file: Path) -> dict:
-    """One real gRPC call (the probe), an h2load warm-up run, then the measured h2load run with its CPU window.
+    """One real call (the probe), an h2load warm-up run, then the measured h2load run with its CPU window.
 
     The warm-up is an h2load run of its own, not h2load's --warm-up-time, because h2load's summary
     leaves a built-in warm-up's requests out: with two runs every call h2load started is in one of
     the two summaries, so the server's own count can be checked against them. The floor's reply is
-    a fixed one, so its probe checks shapes only; real models' also their probabilities.
+    a fixed one, so its probe checks shapes only; real models' also their probabilities. A REST
+    case is HTTP/1.1 (`--h1`): one connection a request in flight, whatever --h2load-connections says,
+    and its probe is one real HTTP request.
     """
-    connections, streams = h2load.connection_shape(case.concurrency, args.h2load_connections)
-    problems = h2load.probe(peer.target, given.payload, None if peer.name == FLOOR else given.expected)
-    warm = ([h2load.run_h2load(peer.target, given.payload, given.body, connections, streams, args.warmup)]
+    expected = None if peer.name == FLOOR else given.expected
+    if case.rest:
+        connections, streams = case.concurrency, 1
+        target = peer.http_url.removeprefix("http://")
+        problems = h2load_rest.probe(peer.http_url, given.payload, expected)
+    else:
+        connections, streams = h2load.connection_shape(case.concurrency, args.h2load_connections)
+        target = peer.target
+        problems = h2load.probe(peer.target, given.payload, expected)
+    warm = ([h2load.run_h2load(target, given.payload, given.body, connections, streams, args.warmup)]
             if args.warmup > 0 else [])
     meter = WindowMeter(peer.pid)
-    run = h2load.run_h2load(peer.target, given.payload, given.body, connections, streams, args.duration, log_file,
+    run = h2load.run_h2load(target, given.payload, given.body, connections, streams, args.duration, log_file,
                             on_window=meter.start)
     run.update(meter.figures(run["rps"]))
-    run["client_label"] = f"h2load -c {connections} -m {streams}"
+    run["client_label"] = f"h2load --h1 -c {connections}" if case.rest else f"h2load -c {connections} -m {streams}"
     run["probe_problems"] = problems
     run["h2load_runs"] = [each["h2load"] for each in (*warm, run)]  # warm-up first
     run["sent_total"] = PROBES + sum(each["sent_total"] for each in (*warm, run))

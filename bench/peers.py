@@ -17,12 +17,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.cases import Case
+from bench.cases import REST, Case
 from bench.triton_peer import TritonPeer
 from service.cpus import usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
-SERVING = re.compile(r"serving grpc=(\S+) metrics=(\S+) workers=(\d+)")
+# `digits serve`'s start-up line; http= is there once the service has its REST front end ("off" when disabled).
+SERVING = re.compile(r"serving grpc=(?P<address>\S+)(?: http=(?P<http>\S+))? metrics=(?P<metrics>\S+) workers=\d+")
 MB = 1024 * 1024
 CPUS = usable_cpus()
 
@@ -36,12 +37,15 @@ class Peer:
     pid: int
     v2_float32_only: bool = False  # Triton: KServe V2 only, and the peer's model config takes FP32
     metrics_url: str = ""          # the service's /metrics: its own count of requests by status code
+    http_url: str = ""             # the Open Inference Protocol REST endpoint, http://HOST:PORT, if it has one
 
     def not_applicable(self, case: Case) -> str | None:
         """Why this peer cannot run `case`, or None when it can."""
+        if case.rest and not self.http_url:
+            return "n/a: no HTTP"
         if not self.v2_float32_only:
             return None
-        if case.api != "kserve_v2":
+        if case.api not in ("kserve_v2", REST):
             return "n/a: V2 only"
         if case.dtype != "float32":
             return "n/a: FP32 input only"
@@ -55,6 +59,7 @@ class Server:
         self.name, self.command = name, command
         self.address = ""
         self.metrics_url = ""
+        self.http_url = ""  # the REST endpoint, when the start-up line names one
         self.lines: list[str] = []
         self._ready = threading.Event()
         self.process = subprocess.Popen(command, cwd=REPO, text=True, stdout=subprocess.PIPE,
@@ -67,8 +72,11 @@ class Server:
         for line in source:  # always drained, so a chatty server never blocks on a full pipe
             self.lines.append(line)
             if watch and not self._ready.is_set() and (match := pattern.search(line)):
-                self.address = match.group(1)
-                self.metrics_url = match.group(2) if pattern.groups >= 2 else ""
+                found = match.groupdict()
+                self.address = found["address"]
+                self.metrics_url = found.get("metrics") or ""
+                http = found.get("http") or ""
+                self.http_url = http if http.startswith("http://") else ""  # absent, or "off"
                 self._ready.set()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -144,12 +152,21 @@ def rss_mb(pid: int) -> float | None:
 
 def start_floor(workers: int) -> Server:
     return Server("no-op floor", [sys.executable, str(REPO / "bench" / "noop_server.py"), "--port", "0",
-                                  "--workers", str(workers)], re.compile(r"READY (\S+)"), "stdout")
+                                  "--workers", str(workers)], re.compile(r"READY (?P<address>\S+)"), "stdout")
+
+
+def serve_has_http() -> bool:
+    """Whether this checkout's `digits serve` has the REST front end (--http-port), read off its --help."""
+    done = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    return "--http-port" in done.stdout
 
 
 def start_service(workers: int, model_repository: Path, extra: list[str]) -> Server:
+    """`digits serve` on free 127.0.0.1 ports, its REST endpoint too when it has one (else REST cases are n/a)."""
+    http = ["--http-port", "0"] if serve_has_http() else []
     return Server("digits serve", [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
-                                   "--port", "0", "--metrics-port", "0", "--workers", str(workers),
+                                   "--port", "0", "--metrics-port", "0", *http, "--workers", str(workers),
                                    "--model-repository", str(model_repository), *extra], SERVING, "stderr")
 
 

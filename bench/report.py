@@ -70,7 +70,7 @@ def print_run(round_name: str, case: Case, peer: str, run: dict) -> None:
 def h2load_checks_line(run: dict) -> str:
     """The probe's verdict and, for the floor and the service, the server's count against h2load's."""
     problems = run["probe_problems"]
-    line = "gRPC probe ok" if not problems else f"gRPC probe FAILED: {'; '.join(problems)}"
+    line = "probe ok" if not problems else f"probe FAILED: {'; '.join(problems)}"
     accounting = run.get("accounting")
     if accounting is not None:
         line += f"; {accounting['shown']}: {'match' if accounting['match'] else 'MISMATCH'}"
@@ -135,7 +135,8 @@ def _sum_codes(many) -> dict[str, int]:
 
 
 def print_h2load_checks(checks: dict) -> None:
-    print(f"\nh2load checks: {checks['runs']} h2load runs, each after one real gRPC call with the same bytes: "
+    print(f"\nh2load checks: {checks['runs']} h2load runs, each after one real call (gRPC, or HTTP for REST) with "
+          f"the same bytes: "
           f"{checks['runs'] - len(checks['probe_failures'])} replies as expected"
           + "".join(f"; FAILED {f['case']} {f['peer']}: {'; '.join(f['problems'])}" for f in checks["probe_failures"]))
     matched = {who: n - sum(1 for m in checks["count_mismatches"] if m["peer"] == who)
@@ -195,24 +196,31 @@ BARS = (
     Bar("activations: service p50 at 1 × 1 ≤ 1.15× without", "p50_ms", "1x1_act", SERVICE, "1x1", SERVICE, "<=", 1.15),
     Bar("streaming: service req/s ≥ 1.5× unary (digits.v1, 1 × 32)", "rps", "1x32_stream", SERVICE, "1x32_v1",
         SERVICE, ">=", 1.5),
+    Bar("REST binary 1 × 32: ours ≥ 1.0× Triton's REST req/s", "rps", "1x32_rest_bin", SERVICE, "1x32_rest_bin",
+        TRITON, ">=", 1.0),
 )
 UNITS = {"rps": "req/s", "images_per_s": "images/s", "p50_ms": "ms", "server_cpu_us_per_request": "µs/req"}
 MEMORY_BAR_REQUESTS = 500_000
 RSS_LIMIT_MB, GROWTH_LIMIT = 150.0, 0.10
 
 
-def _missing(results: dict, case: str, peer: str) -> str | None:
+def _missing(results: dict, case: str, peer: str, unavailable: dict[str, dict[str, str]]) -> str | None:
     """Why (case, peer) has no figure in this run, or None when it has one."""
     if case not in results:
         return f"{case} not run"
+    if peer in unavailable.get(case, {}):
+        return f"{peer} {unavailable[case][peer]} in {case}"
     if peer not in results[case]:
         return f"{peer} not in this run" + (" (--triton)" if peer == TRITON else "")
     return None
 
 
-def check_bar(bar: Bar, results: dict) -> dict:
-    """The bar's verdict (None: SKIP) with its ratio and the two figures it came from."""
-    skip = _missing(results, bar.case, bar.peer) or _missing(results, bar.base_case, bar.base_peer)
+def check_bar(bar: Bar, results: dict, unavailable: dict[str, dict[str, str]] | None = None) -> dict:
+    """The bar's verdict (None: SKIP) with its ratio and the two figures it came from; `unavailable`
+    (case → peer → reason, e.g. "n/a: no HTTP") says why a peer in the run has no row for a case."""
+    unavailable = unavailable or {}
+    skip = (_missing(results, bar.case, bar.peer, unavailable)
+            or _missing(results, bar.base_case, bar.base_peer, unavailable))
     value = base = ratio = None
     if skip is None:
         value, base = results[bar.case][bar.peer][bar.field], results[bar.base_case][bar.base_peer][bar.field]
@@ -284,6 +292,8 @@ def print_protocol(args: argparse.Namespace) -> None:
     if args.client == H2LOAD:
         print(f"  client: h2load (one process, one thread; at most {args.h2load_connections} connections × streams "
               f"= the concurrency; warm-up is an h2load run of its own) for the unary cases, each preceded by one "
-              f"real gRPC call with the same bytes; {python} for the stream case, which h2load cannot drive")
+              f"real gRPC call with the same bytes; REST cases with h2load --h1 (HTTP/1.1, one connection a "
+              f"request in flight), each preceded by one real HTTP request with the same bytes; {python} for the "
+              f"stream case, which h2load cannot drive")
     else:
-        print(f"  client: {python}")
+        print(f"  client: {python} (REST: one HTTP/1.1 connection a request in flight)")

@@ -8,10 +8,14 @@
 (b) the peers, each on a free 127.0.0.1 port: the transport floor (bench/noop_server.py, no work),
     `digits serve`, and with --triton a tritonserver 2.51 running the same ONNX model in its
     Python backend (bench/triton_peer.py; it speaks KServe V2 with FP32 input only, so the
-    digits.v1 and uint8 cases are marked not applicable for it).
+    digits.v1 and uint8 cases are marked not applicable for it). The REST cases (`*_rest_*`, the Open
+    Inference Protocol over HTTP/1.1, JSON or binary tensors) run against the service's and Triton's
+    HTTP endpoints; the service is started with `--http-port 0` when it has one and its URL read
+    from its start-up line, else (and for the floor, which has no HTTP) they are "n/a: no HTTP".
 Every peer is measured by the same client, closed loop, in rounds that rotate which peer goes
 first: `--client h2load` (the default when the binary is on PATH; bench/h2load_client.py) drives
-the unary cases with nghttp2's compiled HTTP/2 load generator, so the client's own CPU no longer
+the unary cases with nghttp2's compiled HTTP/2 load generator (`--h1`, HTTP/1.1, for REST:
+bench/h2load_rest.py), so the client's own CPU no longer
 decides the ratios; `--client python` (the default with --quick, and always for the streaming
 case, which h2load cannot drive) uses our Python load tester (`service.loadtest`). Over each run's
 measured window only (warm-up excluded) the script reads from /proc the CPU time of the server's
@@ -123,14 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         floor.wait_ready()
         service.wait_ready()
         peers = [Peer(FLOOR, floor.address, floor.process.pid),
-                 Peer(SERVICE, service.address, service.process.pid, metrics_url=service.metrics_url)]
+                 Peer(SERVICE, service.address, service.process.pid, metrics_url=service.metrics_url,
+                      http_url=service.http_url)]
         print(f"\n(b) no-op floor at {floor.address} ({args.workers} workers); "
-              f"digits serve at {service.address} (worker pids {service.worker_pids()})")
+              f"digits serve at {service.address}, REST {service.http_url or 'none'} "
+              f"(worker pids {service.worker_pids()})")
         if args.triton:
             triton = start_triton(model, args.triton_instances)
             report["triton"] = {"version": triton_version(triton.http_url), "instances": args.triton_instances}
-            peers.append(Peer(TRITON, triton.grpc_target, triton.pid, v2_float32_only=True))
-            print(f"    tritonserver {report['triton']['version']} at {triton.grpc_target} (pid {triton.pid}, "
+            peers.append(Peer(TRITON, triton.grpc_target, triton.pid, v2_float32_only=True, http_url=triton.http_url))
+            print(f"    tritonserver {report['triton']['version']} at {triton.grpc_target}, REST {triton.http_url} "
+                  f"(pid {triton.pid}, "
                   f"{args.triton_instances} Python-backend instances, dynamic batching)")
         h2load_inputs = (prepare_h2load([case for case in cases if uses_h2load(case, args)], model, scratch)
                          if args.client == H2LOAD else {})
@@ -147,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"service ...", flush=True)
             memory = memory_run(service, args)
             report["memory"] = memory
-        sent = sum(run["sent_total"] for by_who in raw.values() for run in by_who[SERVICE])
+        sent = sum(run["sent_total"] for by_who in raw.values() for run in by_who.get(SERVICE, []))
         sent += memory["sent_total"] if memory else 0
-        in_flight = sum(h2load_totals(run)[2] for by_who in raw.values() for run in by_who[SERVICE]
+        in_flight = sum(h2load_totals(run)[2] for by_who in raw.values() for run in by_who.get(SERVICE, [])
                         if run["client"] == H2LOAD)
         report["request_accounting"] = {"clients_sent": sent, "h2load_left_in_flight": in_flight,
                                         "service_digits_requests_total": requests_counted(service.metrics_url)}
@@ -169,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     if memory is not None:
         print_memory(memory)
     print("\nBars (issue #11; SKIP: peer or configuration not in this run, or the run too short for the bar):")
-    report["bars"] = [check_bar(bar, results) for bar in BARS] + memory_bars(memory)
+    unavailable = {case.key: {peer.name: reason for peer in peers if (reason := peer.not_applicable(case))}
+                   for case in cases}
+    report["bars"] = [check_bar(bar, results, unavailable) for bar in BARS] + memory_bars(memory)
     print_bars(report["bars"])
     print_request_accounting(report["request_accounting"])
     print(f"service exit code {service_code}, floor exit code {floor_code}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from service.client.mnist_files import TEST_IMAGES_FILE, default_mnist_dir
 from service.contract import DEFAULT_MODEL_NAME, DEFAULT_TARGET
 from service.cpus import usable_cpus
-from service.loadtest.config import APIS, DTYPES, MODES, LoadConfig
+from service.loadtest.config import APIS, DEFAULT_REST_TARGET, DTYPES, MODES, REST_API, LoadConfig
 from service.loadtest.plot import plot_latency_vs_load
 from service.loadtest.report import describe, document, table, write_json
 from service.loadtest.runner import LoadTestError, run_load, sweep
@@ -31,11 +31,22 @@ def add_commands(subparsers) -> None:
     parser = subparsers.add_parser(
         "loadtest", help="drive a deployment with MNIST requests and report throughput and latency",
         description="Closed loop (fixed concurrency) or open loop (fixed arrival rate, latency from the "
-                    "intended send time) load against a digits or any Open Inference Protocol server.")
-    parser.add_argument("--target", default=os.environ.get("DIGITS_TARGET", DEFAULT_TARGET),
-                        help="HOST:PORT of the gRPC server (default: $DIGITS_TARGET or %(default)s)")
+                    "intended send time) load against a digits or any Open Inference Protocol server, over "
+                    "gRPC or the protocol's REST API (HTTP/1.1, one keep-alive connection per request in flight).")
+    parser.add_argument("--target", default=os.environ.get("DIGITS_TARGET"),
+                        help=f"where the server listens: HOST:PORT for the gRPC APIs (default {DEFAULT_TARGET}), "
+                             f"http://HOST:PORT (or HOST:PORT) for {REST_API} (default {DEFAULT_REST_TARGET}); "
+                             "$DIGITS_TARGET overrides both defaults")
     parser.add_argument("--api", choices=APIS, default="kserve_v2",
-                        help="kserve_v2: ModelInfer of the Open Inference Protocol; digits_v1: Classify")
+                        help="kserve_v2: ModelInfer of the Open Inference Protocol over gRPC; digits_v1: Classify; "
+                             f"{REST_API}: POST /v2/models/MODEL/infer of the same protocol over HTTP, JSON tensors "
+                             "unless --binary-tensors; errors are counted by HTTP status (\"429\", \"503\") or "
+                             "client-side problem (CLIENT_TIMEOUT, CLIENT_CONNECT_FAILED, ...)")
+    parser.add_argument("--binary-tensors", action="store_true",
+                        help=f"{REST_API} only: send the pixels as raw little-endian bytes after the JSON request "
+                             "header and ask for binary outputs (Triton's binary tensor data extension, "
+                             "Inference-Header-Content-Length), instead of JSON number arrays both ways; "
+                             "what a performance-minded REST client sends")
     parser.add_argument("--stream", action="store_true",
                         help="digits_v1 only: many requests in flight on one ClassifyStream per channel")
     parser.add_argument("--mode", choices=MODES, default="closed",
@@ -46,7 +57,8 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--rates", type=_rates, default=None,
                         help="open-loop sweep, e.g. 500,1000,2000: one run per rate (implies --mode open)")
     parser.add_argument("--processes", type=int, default=min(2, usable_cpus()), help="client processes (default %(default)s)")
-    parser.add_argument("--channels", type=int, default=1, help="gRPC connections per client process")
+    parser.add_argument("--channels", type=int, default=1,
+                        help="gRPC connections per client process (REST: always one connection a request in flight)")
     parser.add_argument("--lb-policy", choices=("pick_first", "round_robin"), default="pick_first",
                         help="gRPC load balancing; round_robin with a dns:/// target reaches every pod of a headless Service")
     parser.add_argument("--batch-size", type=int, default=1, help="images per request")
@@ -68,8 +80,9 @@ def add_commands(subparsers) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
+    target = args.target or (DEFAULT_REST_TARGET if args.api == REST_API else DEFAULT_TARGET)
     return LoadConfig(
-        target=args.target, api=args.api, stream=args.stream,
+        target=target, api=args.api, stream=args.stream, binary_tensors=args.binary_tensors,
         mode="open" if args.rates else args.mode, concurrency=args.concurrency,
         rate=args.rates[0] if args.rates else args.rate, processes=args.processes, channels=args.channels, lb_policy=args.lb_policy,
         batch_size=args.batch_size, dtype=args.dtype, activations=args.activations,
@@ -101,7 +114,8 @@ def run_command(args: argparse.Namespace) -> int:
         write_json(args.json, document(config, runs, shlex.join(getattr(sys, "orig_argv", sys.argv))))
         print(f"JSON written to {args.json}")
     if args.plot:
-        plot_latency_vs_load(runs, args.plot, f"digits loadtest: {config.api}{' stream' if config.stream else ''}, "
+        plot_latency_vs_load(runs, args.plot, f"digits loadtest: {config.api}{' stream' if config.stream else ''}"
+                                              f"{' binary' if config.binary_tensors else ''}, "
                                               f"batch {config.batch_size} {config.dtype}, {config.target}")
         print(f"plot written to {args.plot}")
     return 0 if any(run["ok"] for run in runs) else 1

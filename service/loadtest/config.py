@@ -5,21 +5,30 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from service.client.mnist_files import default_mnist_dir
-from service.contract import DEFAULT_MODEL_NAME, DEFAULT_TARGET
+from service.contract import DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_MODEL_NAME, DEFAULT_TARGET
 from service.cpus import usable_cpus
+from service.loadtest.http import parse_target
 
-APIS = ("kserve_v2", "digits_v1")
+REST_API = "kserve_v2_rest"
+APIS = ("kserve_v2", "digits_v1", REST_API)
+# Where an Open Inference Protocol HTTP endpoint listens by default (Triton's and KServe's port 8000).
+DEFAULT_REST_TARGET = f"http://{DEFAULT_HOST}:{DEFAULT_HTTP_PORT}"
 MODES = ("closed", "open")
 DTYPES = ("uint8", "float32")
 
 
 @dataclass(frozen=True)
 class LoadConfig:
-    """One run. Closed loop uses `concurrency`; open loop uses `rate` (requests/s, all processes)."""
+    """One run. Closed loop uses `concurrency`; open loop uses `rate` (requests/s, all processes).
+
+    `target` is HOST:PORT for the gRPC APIs, http://HOST:PORT (or HOST:PORT) for the REST API;
+    `binary_tensors` sends REST tensors as raw bytes after the JSON (Triton's binary extension).
+    """
 
     target: str = DEFAULT_TARGET
     api: str = "kserve_v2"
     stream: bool = False
+    binary_tensors: bool = False
     mode: str = "closed"
     concurrency: int = 8
     rate: float = 100.0
@@ -47,6 +56,10 @@ class LoadConfig:
             raise ValueError(f"dtype must be one of {DTYPES}")
         if self.stream and self.api != "digits_v1":
             raise ValueError("--stream needs --api digits_v1 (the V2 protocol has no streaming inference)")
+        if self.binary_tensors and not self.rest:
+            raise ValueError(f"--binary-tensors needs --api {REST_API} (gRPC always carries raw tensors)")
+        if self.rest:
+            parse_target(self.target)  # raises ValueError with what is wrong with it
         if self.mode == "closed" and self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         if self.mode == "open" and not self.rate > 0:
@@ -58,6 +71,10 @@ class LoadConfig:
             raise ValueError("warm-up must be >= 0, duration and timeout > 0")
         if self.max_requests < 0:
             raise ValueError("max_requests must be >= 0 (0: no limit)")
+
+    @property
+    def rest(self) -> bool:
+        return self.api == REST_API
 
     def to_dict(self) -> dict:
         return asdict(self)

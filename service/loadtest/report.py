@@ -17,13 +17,18 @@ _COLUMNS = (
 
 def describe(config: LoadConfig, rates: list[float] | None = None) -> str:
     """One line saying what was run, so a pasted table carries its own setup."""
-    kind = "stream" if config.stream else "unary"
+    if config.rest:
+        kind = "binary tensors" if config.binary_tensors else "JSON tensors"
+        connections = "1 connection a request in flight"
+    else:
+        kind = "stream" if config.stream else "unary"
+        connections = f"{config.channels} channel(s)"
     if rates:
         load = "rates " + ", ".join(f"{rate:g}" for rate in rates) + " /s, one run each"
     else:
         load = f"concurrency {config.concurrency}" if config.mode == "closed" else f"rate {config.rate:g}/s"
     return (f"target {config.target}  api {config.api} ({kind})  {config.mode} loop, {load}  "
-            f"processes {config.processes}×{config.channels} channel(s)  batch {config.batch_size} {config.dtype}  "
+            f"processes {config.processes}×{connections}  batch {config.batch_size} {config.dtype}  "
             f"activations {'on' if config.activations else 'off'}  warm-up {config.warmup_s:g} s, "
             f"measured {config.duration_s:g} s, timeout {config.timeout_s:g} s")
 

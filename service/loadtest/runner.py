@@ -152,6 +152,7 @@ def summarise(config: LoadConfig, results: list[dict]) -> dict:
         "target": config.target,
         "api": config.api,
         "stream": config.stream,
+        "binary_tensors": config.binary_tensors,
         "mode": config.mode,
         "concurrency": config.concurrency if config.mode == "closed" else None,
         "offered_rps": config.rate if config.mode == "open" else None,

@@ -1,4 +1,4 @@
-"""One client process: its own gRPC channels and event loop, driving a share of the load.
+"""One client process: its own gRPC channels or HTTP connections and event loop, driving a share of the load.
 
 Closed loop: `concurrency` coroutines, each sending its next request when the previous answer
 arrives. Open loop: requests leave on a fixed schedule (`rate` per second) whatever the server
@@ -6,7 +6,9 @@ does, and latency is measured from each request's *intended* send time, so a slo
 hide its queueing by slowing the client down (no coordinated omission). In-flight requests are
 capped; a request that would exceed the cap is not sent and is counted as CLIENT_INFLIGHT_LIMIT.
 
-What is counted and how is in `tally`; streams are in `stream`.
+Every unary call, gRPC or REST, is a coroutine that returns the code to count ("OK", a gRPC
+status name, an HTTP status), so both loops are the same for both protocols. What is counted and
+how is in `tally`; streams are in `stream`; REST connections and replies in `rest`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Awaitable
 from typing import BinaryIO, Callable
 
 import grpc
@@ -28,6 +31,8 @@ from service.loadtest.config import LoadConfig
 from service.loadtest.ipc import read_frame, write_frame
 from service.client.mnist_files import load_test_images
 from service.loadtest.payload import build_requests, synthetic_images
+from service.loadtest.rest import RestClient
+from service.loadtest.rest_payload import build_rest_payloads
 from service.loadtest.stream import StreamSession
 from service.loadtest.tally import Tally, clock
 
@@ -39,6 +44,21 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.use_local_subchannel_pool", 1),  # each channel its own TCP connection
 ]
+
+
+Send = Callable[[], Awaitable[str]]  # one call; returns the code to count
+
+
+def grpc_send(method: Callable, request, timeout: float) -> Send:
+    """A prebuilt gRPC unary call as a `Send`: its status name, "OK" on success."""
+    async def send() -> str:
+        try:
+            await method(request, timeout=timeout)
+            return "OK"
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+
+    return send
 
 
 @dataclass(frozen=True)
@@ -61,10 +81,15 @@ class ProcessRun:
         self.tally = Tally(measure_start, measure_start + config.duration_s, plan.max_requests,
                            closed=config.mode == "closed")
         self.start = measure_start - config.warmup_s
-        options = [*_CHANNEL_OPTIONS, ("grpc.lb_policy_name", config.lb_policy)]
-        self.channels = [grpc.aio.insecure_channel(config.target, options=options)
-                         for _ in range(config.channels)]
-        self.requests = self._requests()
+        self.channels: list = []
+        self.rest: RestClient | None = None
+        if config.rest:
+            self.rest = RestClient(config.target, self._requests(), config.timeout_s)
+        else:
+            options = [*_CHANNEL_OPTIONS, ("grpc.lb_policy_name", config.lb_policy)]
+            self.channels = [grpc.aio.insecure_channel(config.target, options=options)
+                             for _ in range(config.channels)]
+            self.requests = self._requests()
 
     def _requests(self) -> list:
         config = self.config
@@ -74,12 +99,21 @@ class ProcessRun:
         per_request = config.batch_size * FEATURES * (1 if config.dtype == "uint8" else 4)
         wanted = self.plan.concurrency if config.mode == "closed" and not config.stream else 16
         count = max(1, min(wanted, _RING_BYTES // per_request))
+        if config.rest:
+            return build_rest_payloads(images, count, self.plan.image_offset, batch_size=config.batch_size,
+                                       dtype=config.dtype, activations=config.activations,
+                                       model_name=config.model_name, binary=config.binary_tensors)
         return build_requests(images, count, self.plan.image_offset, api=config.api,
                               batch_size=config.batch_size, dtype=config.dtype,
                               activations=config.activations, model_name=config.model_name)
 
     async def connect(self) -> None:
-        """Waits briefly for every connection; an unreachable target shows up as UNAVAILABLE errors."""
+        """Waits briefly for every connection; an unreachable target shows up as UNAVAILABLE errors
+        (gRPC) or CLIENT_CONNECT_FAILED (REST: one connection a closed-loop slot, opened here)."""
+        if self.rest is not None:
+            if self.config.mode == "closed":
+                await self.rest.connect(self.plan.concurrency, min(self.config.timeout_s, 5.0))
+            return
         try:
             await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in self.channels)),
                                    timeout=min(self.config.timeout_s, 5.0))
@@ -103,32 +137,39 @@ class ProcessRun:
                     await self._open_stream(sessions)
             finally:
                 await asyncio.gather(*(session.close() for session in sessions))
+        elif self.rest is not None:
+            try:
+                if self.config.mode == "closed":
+                    await self._closed_unary([self.rest.slot(i) for i in range(self.plan.concurrency)])
+                else:
+                    await self._open_unary(self.rest.call)
+            finally:
+                self.rest.close()
         else:
             methods = [self._unary_method(ch) for ch in self.channels]
+            timeout = self.config.timeout_s
             if self.config.mode == "closed":
-                await self._closed_unary(methods)
+                await self._closed_unary([grpc_send(methods[i % len(methods)], self.requests[i % len(self.requests)],
+                                                    timeout) for i in range(self.plan.concurrency)])
             else:
-                await self._open_unary(methods)
+                await self._open_unary(lambda n: grpc_send(methods[n % len(methods)],
+                                                           self.requests[n % len(self.requests)], timeout)())
         for channel in self.channels:
             await channel.close()
         return self.tally.result()
 
-    async def _closed_unary(self, methods: list[Callable]) -> None:
-        tally, timeout = self.tally, self.config.timeout_s
+    async def _closed_unary(self, slots: list[Send]) -> None:
+        """Each slot sends its next request when its previous answer arrives."""
+        tally = self.tally
 
-        async def slot_loop(method: Callable, request) -> None:
+        async def slot_loop(send: Send) -> None:
             while tally.may_start(now := clock()):
                 tally.started(now)
                 tally.sent_total += 1
-                try:
-                    await method(request, timeout=timeout)
-                    code = "OK"
-                except grpc.aio.AioRpcError as exc:
-                    code = exc.code().name
+                code = await send()
                 tally.done(now, clock(), code)
 
-        await asyncio.gather(*(slot_loop(methods[i % len(methods)], self.requests[i % len(self.requests)])
-                               for i in range(self.plan.concurrency)))
+        await asyncio.gather(*(slot_loop(send) for send in slots))
 
     async def _closed_stream(self, sessions: list[StreamSession]) -> None:
         tally, loop = self.tally, asyncio.get_running_loop()
@@ -164,16 +205,13 @@ class ProcessRun:
             issue(intended, max(intended, now), n)
             n += 1
 
-    async def _open_unary(self, methods: list[Callable]) -> None:
-        tally, timeout, cap = self.tally, self.config.timeout_s, self.config.max_inflight
+    async def _open_unary(self, send_nth: Callable[[int], Awaitable[str]]) -> None:
+        """`send_nth(n)` is the n-th request's call, started on the schedule whatever came back."""
+        tally, cap = self.tally, self.config.max_inflight
         tasks: set[asyncio.Task] = set()
 
-        async def one(method: Callable, request, intended: float, origin: float) -> None:
-            try:
-                await method(request, timeout=timeout)
-                code = "OK"
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code().name
+        async def one(call: Awaitable[str], intended: float, origin: float) -> None:
+            code = await call
             tally.done(intended, clock(), code, origin)
 
         def issue(intended: float, origin: float, n: int) -> None:
@@ -182,8 +220,7 @@ class ProcessRun:
                 tally.done(intended, intended, INFLIGHT_LIMIT)
                 return
             tally.sent_total += 1
-            task = asyncio.ensure_future(one(methods[n % len(methods)], self.requests[n % len(self.requests)],
-                                             intended, origin))
+            task = asyncio.ensure_future(one(send_nth(n), intended, origin))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 

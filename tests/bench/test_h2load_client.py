@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench import h2load_client as h2load
-from bench import measure, report
+from bench import h2load_rest, measure, report
 from bench.cases import H2LOAD, PYTHON, SERVICE
 from bench.run import parse_args
 from service.generated.inference import grpc_predict_v2_pb2 as v2
 from service.loadtest.payload import build_requests, synthetic_images
+from service.loadtest.rest_payload import build_rest_payloads
+from tests.support.http_peer import MODEL, HttpPeer
 
 MNIST = Path(__file__).resolve().parents[2] / "data" / "mnist"
 
@@ -113,3 +116,54 @@ def test_a_bar_between_rows_of_different_clients_is_skipped():
                "1x32_v1": {SERVICE: {"rps": 100.0, "client_kind": H2LOAD}}}
     check = report.check_bar(bar, results)
     assert check["pass"] is None and "--client python" in check["skip"] and check["value"] == 3.0
+
+
+# ---------------------------------------------------------------------------------------------
+# REST cases: h2load --h1 against a real stdlib HTTP server standing in for a V2 REST endpoint
+
+
+def test_the_rest_body_is_the_python_testers_first_rest_request(tmp_path):
+    payload = h2load_rest.build_rest_payload(1, "float32", True, True, "mnist_mlp", tmp_path)  # no MNIST there
+    first = build_rest_payloads(synthetic_images(), 1, 0, batch_size=1, dtype="float32", activations=True,
+                                model_name="mnist_mlp", binary=True)[0]
+    assert payload.body() == first.body and payload.path == first.path == "/v2/models/mnist_mlp/infer"
+    assert payload.headers == tuple(f"{name}: {value}" for name, value in first.headers.items())
+    assert payload.headers[0].startswith("Inference-Header-Content-Length: ") and payload.h1
+    assert payload.float_pixels().shape == (1, 784)
+
+
+def test_the_rest_command_is_http_1_1_with_the_payloads_headers(tmp_path):
+    payload = h2load_rest.build_rest_payload(1, "float32", False, False, "mnist_mlp", MNIST)
+    command = h2load.h2load_command("127.0.0.1:1", payload.path, tmp_path / "b", 32, 1, 2.0, None,
+                                    payload.headers, payload.h1)
+    assert command[:8] == ["h2load", "--h1", "-c", "32", "-m", "1", "-t", "1"]
+    assert "Content-Type: application/json" in command and "te: trailers" not in command
+    assert command[-1] == "http://127.0.0.1:1/v2/models/mnist_mlp/infer"
+
+
+@pytest.mark.skipif(not h2load.available(), reason="no h2load on PATH (apt-get install nghttp2-client)")
+@pytest.mark.parametrize("binary", [False, True])
+def test_h2load_drives_a_real_http_1_1_server_and_every_request_is_counted(tmp_path, binary):
+    payload = h2load_rest.build_rest_payload(2, "float32", False, binary, MODEL, MNIST)
+    body = tmp_path / "body"
+    body.write_bytes(payload.body())
+    with HttpPeer() as server:
+        run = h2load.run_h2load(server.url.removeprefix("http://"), payload, body, 2, 1, 0.3, tmp_path / "log")
+        assert server.connections == 2  # --h1 -c 2: two keep-alive connections for the whole run
+    assert run["ok"] > 0 and run["errors"] == {} and run["latency_ms"]["p50"] > 0
+    # every reply a 200 (a badly framed body would be a 400); the server saw at least those and at
+    # most what h2load started (the calls it left in flight at its end may or may not have arrived)
+    assert run["ok"] <= server.inferences <= run["h2load"]["started"]
+
+
+def test_the_rest_probe_checks_the_reply_against_the_model(tmp_path):
+    payload = h2load_rest.build_rest_payload(1, "float32", False, True, MODEL, MNIST)
+    with HttpPeer() as server:  # answers 0.1 for every class
+        assert h2load_rest.probe(server.url, payload, None) == []
+        assert h2load_rest.probe(server.url, payload, np.full((1, 10), 0.1, np.float32)) == []
+        wrong = h2load_rest.probe(server.url, payload, np.eye(1, 10, dtype=np.float32))
+        assert len(wrong) == 1 and "probabilities differ" in wrong[0]
+        other_model = h2load_rest.build_rest_payload(1, "float32", False, True, "no_such_model", MNIST)
+        assert h2load_rest.probe(server.url, other_model, None)[0].startswith("HTTP 404")
+    with HttpPeer(lie_about_sizes=True) as server:
+        assert "body is" in h2load_rest.probe(server.url, payload, None)[0]

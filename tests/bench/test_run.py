@@ -42,7 +42,7 @@ def test_quick_benchmark_runs_every_stage_and_reports(quick_run):
             assert row["rps"] > 0 and row["p50_ms"] > 0 and row["errors"] == {}, (key, who, row)
     assert report["exit_codes"] == {"service": 0, "floor": 0}
     verdicts = {check["bar"]: check["pass"] for check in report["bars"]}
-    assert set(verdicts.values()) <= {True, False, None} and len(verdicts) == 8
+    assert set(verdicts.values()) <= {True, False, None} and len(verdicts) == 9
     assert out.count("  [PASS] ") + out.count("  [FAIL] ") + out.count("  [SKIP] ") == len(verdicts)
 
 

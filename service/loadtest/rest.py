@@ -1,0 +1,83 @@
+"""The REST side of a client process: HTTP/1.1 connections to the target and what each reply counts as.
+
+HTTP/1.1 carries one request at a time on a connection, so a closed loop gives every slot a
+connection of its own, and the open loop keeps a pool: a request takes an idle connection or
+opens one (the in-flight cap bounds how many). A reply counts as "OK" when it is a 200 (and,
+for binary tensors, its declared sizes add up); any other status by its number ("429", "503");
+a request that got no usable reply by the client-side problem (`CLIENT_TIMEOUT`, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from service.loadtest.http import HttpClientError, HttpConnection, build_request, parse_target
+from service.loadtest.rest_payload import RestPayload, binary_reply_problem
+
+INVALID_REPLY = "CLIENT_INVALID_RESPONSE"
+
+
+class RestClient:
+    """Sends prebuilt infer requests to one target; every call returns the code to count."""
+
+    def __init__(self, target: str, payloads: list[RestPayload], timeout_s: float) -> None:
+        self.target = parse_target(target)
+        self.payloads = payloads
+        self.requests = [build_request("POST", p.path, self.target, p.headers, p.body) for p in payloads]
+        self.timeout_s = timeout_s
+        self._idle: list[HttpConnection] = []
+        self._all: list[HttpConnection] = []
+
+    def _new_connection(self) -> HttpConnection:
+        connection = HttpConnection(self.target)
+        self._all.append(connection)
+        return connection
+
+    async def connect(self, count: int, timeout_s: float) -> None:
+        """Opens `count` connections at once before the load starts, waiting at most `timeout_s`;
+        one that fails is retried by its first request, so an unreachable target shows up as errors."""
+        connections = [self._new_connection() for _ in range(count)]
+
+        async def open_one(connection: HttpConnection) -> None:
+            try:
+                await asyncio.wait_for(connection.connect(), timeout_s)
+            except (HttpClientError, asyncio.TimeoutError):
+                connection.close()
+
+        await asyncio.gather(*(open_one(connection) for connection in connections))
+        self._idle.extend(connections)
+
+    def slot(self, index: int) -> Callable[[], Awaitable[str]]:
+        """Closed loop: slot `index`'s send, on a connection of its own (one taken from `connect`'s if any)."""
+        connection = self._idle.pop() if self._idle else self._new_connection()
+        payload, request = self.payloads[index % len(self.payloads)], self.requests[index % len(self.requests)]
+
+        def send() -> Awaitable[str]:
+            return self._exchange(connection, payload, request)
+
+        return send
+
+    async def call(self, n: int) -> str:
+        """Open loop: the n-th request, on an idle connection or a new one."""
+        connection = self._idle.pop() if self._idle else self._new_connection()
+        try:
+            return await self._exchange(connection, self.payloads[n % len(self.payloads)],
+                                        self.requests[n % len(self.requests)])
+        finally:
+            self._idle.append(connection)
+
+    async def _exchange(self, connection: HttpConnection, payload: RestPayload, request: bytes) -> str:
+        try:
+            response = await connection.request(request, self.timeout_s)
+        except HttpClientError as exc:
+            return exc.code
+        if response.status != 200:
+            return str(response.status)
+        if payload.binary and binary_reply_problem(response.headers, response.body, len(payload.outputs)):
+            return INVALID_REPLY
+        return "OK"
+
+    def close(self) -> None:
+        for connection in self._all:
+            connection.close()
