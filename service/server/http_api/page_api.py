@@ -14,10 +14,10 @@ a few milliseconds, and its size is bounded before Pillow decodes it.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
+import orjson
 from PIL import Image, UnidentifiedImageError
 
 from service.client.mnist_files import load_test_set
@@ -42,7 +42,7 @@ PAGE_HEADERS = ((b"Cache-Control", b"no-cache"), (b"X-Content-Type-Options", b"n
 
 
 def _json(document: object) -> Response:
-    return Response(200, json.dumps(document, separators=(",", ":")).encode())
+    return Response(200, orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 def load_page_files(folder: Path = PAGE_DIR) -> dict[str, Response]:
@@ -72,7 +72,7 @@ def preprocess(body: bytes) -> Response:
         pixels = preprocess_float32(body)
     except PreprocessError as exc:
         raise InvalidInput(str(exc)) from None
-    return _json({"pixels": pixels.reshape(-1).tolist(), "shape": [IMAGE_SIDE, IMAGE_SIDE]})
+    return _json({"pixels": pixels.reshape(-1), "shape": [IMAGE_SIDE, IMAGE_SIDE]})
 
 
 def weights(model) -> Response:
@@ -80,8 +80,8 @@ def weights(model) -> Response:
         raise ModelNotFound(f"model {model.name} version {model.version} has no first dense layer to show")
     matrix, biases = model.first_layer
     return _json({"model_name": model.name, "model_version": model.version, "layer": "activation_1",
-                  "shape": [len(matrix), IMAGE_SIDE, IMAGE_SIDE], "weights": matrix.reshape(-1).tolist(),
-                  "biases": biases.tolist()})
+                  "shape": [len(matrix), IMAGE_SIDE, IMAGE_SIDE], "weights": matrix.reshape(-1),
+                  "biases": biases})
 
 
 class Samples:
@@ -102,4 +102,4 @@ class Samples:
         else:
             raise InvalidInput(f"index must be an integer within 0..{count - 1}, got {text[:20]!r}")
         return _json({"index": index, "label": int(self._labels[index]),
-                      "pixels": self._images[index].tolist()})
+                      "pixels": self._images[index]})

@@ -7,8 +7,9 @@ the gRPC name as their `code` label, so one dashboard reads both APIs alike.
 
 from __future__ import annotations
 
-import json
 import logging
+
+import orjson
 
 from service.server.errors import InferenceError
 
@@ -38,4 +39,4 @@ def failure_of(exc: BaseException) -> tuple[str, str]:
 
 def error_body(message: str) -> bytes:
     """`{"error": "..."}`, what Triton and KServe answer and what tritonclient reads."""
-    return json.dumps({"error": message}).encode()
+    return orjson.dumps({"error": message})
