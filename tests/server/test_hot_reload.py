@@ -58,12 +58,15 @@ def test_new_version_swaps_in_under_load_and_corrupt_one_is_rejected(tmp_path, m
             assert list(meta.versions) == ["3"]
             info = pb_grpc.DigitClassifierStub(channel).GetModelInfo(pb.GetModelInfoRequest())
             assert info.version == "3" and list(info.available_versions) == ["1", "2", "3"]
+        def info_lines() -> list[str]:
+            return [line for line in server.metrics_text().splitlines() if line.startswith("digits_model_info")]
+
+        # version 1 stays served (1.0) until the idle HTTP front end has swapped too: then 3 alone
+        assert wait_for(lambda: any('version="3"' in line and line.endswith(" 1.0") for line in info_lines())
+                        and any('version="1"' in line and line.endswith(" 0.0") for line in info_lines()),
+                        timeout=20), info_lines()
         metrics = server.metrics_text()
         assert 'digits_model_info{model="mnist_mlp",sha256=' in metrics
-        assert any(line.startswith("digits_model_info") and 'version="3"' in line and line.endswith(" 1.0")
-                   for line in metrics.splitlines())
-        assert any(line.startswith("digits_model_info") and 'version="1"' in line and line.endswith(" 0.0")
-                   for line in metrics.splitlines())
         assert 'digits_images_classified_total{version="3"}' in metrics
         assert "Traceback" not in server.log
     finally:

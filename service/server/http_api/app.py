@@ -19,9 +19,9 @@ from urllib.parse import parse_qsl, unquote
 from service.server import metrics
 from service.server.errors import InferenceError, ModelNotFound, NotReady, Overloaded
 from service.server.http_api import kserve_v2_rest, page_api
-from service.server.http_api.connection import Exchange, HttpRequest, Response, error_response
+from service.server.http_api.connection import Exchange, HttpRequest, Response
 from service.server.http_api.kserve_v2_rest import KServeV2Rest, Pending
-from service.server.http_api.status import HTTP_STATUS, failure_of
+from service.server.http_api.status import error_body, failure_of
 from service.server.security import REFUSAL
 
 if TYPE_CHECKING:
@@ -42,16 +42,14 @@ class Unauthenticated(InferenceError):
 
 class MethodNotAllowed(InferenceError):
     status = "UNIMPLEMENTED"
+    http_status = 405
 
 
 def failure_response(exc: BaseException) -> tuple[str, Response]:
     """(status name for the metrics, the response) for any failure."""
-    code, message = failure_of(exc)
-    status = HTTP_STATUS.get(code, 500)
+    code, status, message = failure_of(exc)
     headers = RETRY_AFTER if status in (429, 503) else CHALLENGE if status == 401 else ()
-    if isinstance(exc, MethodNotAllowed):
-        status = 405
-    return code, Response(status, error_response(status, message).body, headers=headers)
+    return code, Response(status, error_body(message), headers=headers)
 
 
 class HttpApp:

@@ -115,7 +115,8 @@ class HttpConnection(asyncio.Protocol):
         self._started = 0.0                # time.perf_counter() of its first byte
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
-        self._header_bytes = 0
+        self._header_bytes = 0             # bytes fed since the last request's headers ended
+        self._parsed_header_bytes = 0      # request line and headers as parsed
         self._headers_done = False
         self._body: list[bytes] = []
         self._body_bytes = 0
@@ -166,17 +167,29 @@ class HttpConnection(asyncio.Protocol):
         self._started = time.perf_counter()
         self._url = b""
         self._headers = {}
+        self._parsed_header_bytes = 0
         self._headers_done = False
         self._body = []
         self._body_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._count_header_bytes(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(self._headers) >= MAX_HEADERS:
             raise httptools.HttpParserError(f"more than {MAX_HEADERS} headers")
+        self._count_header_bytes(len(name) + len(value) + 4)
         self._headers[name.lower()] = value
+
+    def _count_header_bytes(self, size: int) -> None:
+        """The parsed request line and headers, however the reads cut them (data_received's own
+        count catches a client that streams an endless header before the parser gives it here)."""
+        self._parsed_header_bytes += size
+        if self._parsed_header_bytes > MAX_HEADER_BYTES:
+            self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                         f"request line and headers exceed {MAX_HEADER_BYTES} bytes")
+            raise httptools.HttpParserError("headers too large")
 
     def on_headers_complete(self) -> None:
         self._headers_done = True

@@ -118,7 +118,8 @@ def read_header(document: dict) -> InferHeader:
                        binary, binary_default)
 
 
-def decode_pixels(header: InferHeader, document: dict | None, binary: memoryview) -> np.ndarray:
+def decode_pixels(header: InferHeader, document: dict | None, binary: memoryview,
+                  has_booleans: bool = True) -> np.ndarray:
     """The validated [N, 784] pixels: from the bytes after the JSON header, or from its `data`."""
     dtype, size = DATATYPES[header.datatype], header.binary_size
     if size is not None:
@@ -133,16 +134,21 @@ def decode_pixels(header: InferHeader, document: dict | None, binary: memoryview
         if len(binary):
             raise InvalidInput(f"{len(binary)} bytes of binary data follow the JSON header but no input "
                                "declares binary_data_size")
-        pixels = _pixels_from_json(document["inputs"][0].get("data"), header.datatype, dtype)
+        pixels = _pixels_from_json(document["inputs"][0].get("data"), header.datatype, dtype,
+                                   may_hold_booleans=has_booleans)
     if len(pixels) != header.images:
         raise InvalidInput(f"{WHAT} declares shape {header.shape} ({header.images} images) but its data holds "
                            f"{len(pixels)} images")
     return pixels
 
 
-def _pixels_from_json(data: object, datatype: str, dtype: str) -> np.ndarray:
+def _pixels_from_json(data: object, datatype: str, dtype: str, may_hold_booleans: bool) -> np.ndarray:
+    """`data` as pixels. NumPy turns [true, 0.5] into [1.0, 0.5], so when the JSON text holds a
+    true or false anywhere, the values are checked for them one by one (otherwise they are not)."""
     if not isinstance(data, list):
         raise InvalidInput(f"{WHAT} needs 'data' (an array of numbers) or parameters.binary_data_size")
+    if may_hold_booleans and _holds_booleans(data):
+        raise InvalidInput(f"{WHAT} 'data' holds true or false; send numbers")
     try:
         values = np.array(data)
     except (ValueError, TypeError):
@@ -159,6 +165,11 @@ def _pixels_from_json(data: object, datatype: str, dtype: str) -> np.ndarray:
             raise InvalidInput(f"{WHAT} is {datatype}, so 'data' must hold numbers")
         values = values.astype(np.float32)
     return pixels_from_values(values.reshape(-1), f"{WHAT} data")
+
+
+def _holds_booleans(values: list) -> bool:
+    kinds = set(map(type, values))
+    return bool in kinds or list in kinds and any(_holds_booleans(v) for v in values if type(v) is list)
 
 
 def _requested_outputs(document: dict, binary_default: bool) -> tuple[tuple[str, ...] | None, tuple[bool, ...]]:
@@ -252,7 +263,8 @@ class KServeV2Rest:
     def infer(self, name: str, version: str, body: bytes, header_length: bytes | None) -> Pending:
         model = self._core.find_model(name, version)
         header, document, binary = self._read(body, header_length)
-        pixels = decode_pixels(header, document, binary)
+        pixels = decode_pixels(header, document, binary,
+                               has_booleans=document is not None and (b"true" in body or b"false" in body))
         outputs, binary_outputs = header.outputs, header.binary_outputs
         if outputs is None:
             outputs, binary_outputs = model.output_names, (header.binary_default,) * len(model.output_names)

@@ -29,12 +29,13 @@ HTTP_STATUS = {
 }
 
 
-def failure_of(exc: BaseException) -> tuple[str, str]:
-    """(status name, message) for `exc`; only the server's own bugs are logged."""
+def failure_of(exc: BaseException) -> tuple[str, int, str]:
+    """(status name, HTTP status, message) for `exc`; only the server's own bugs are logged. An
+    error class may name its own `http_status` where HTTP is finer than gRPC (405)."""
     if isinstance(exc, InferenceError):
-        return exc.status, str(exc)
+        return exc.status, getattr(exc, "http_status", 0) or HTTP_STATUS.get(exc.status, 500), str(exc)
     log.exception("unexpected error while handling an HTTP request", exc_info=exc)
-    return "INTERNAL", INTERNAL_MESSAGE
+    return "INTERNAL", 500, INTERNAL_MESSAGE
 
 
 def error_body(message: str) -> bytes:
