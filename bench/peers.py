@@ -22,8 +22,8 @@ from bench.triton_peer import TritonPeer
 from service.cpus import usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
-# `digits serve`'s start-up line; http= is there once the service has its REST front end ("off" when disabled).
-SERVING = re.compile(r"serving grpc=(?P<address>\S+)(?: http=(?P<http>\S+))? metrics=(?P<metrics>\S+) workers=\d+")
+# `digits serve`'s start-up line; http= is "off" with --no-http.
+SERVING = re.compile(r"serving grpc=(?P<address>\S+) http=(?P<http>\S+) metrics=(?P<metrics>\S+) workers=\d+")
 MB = 1024 * 1024
 CPUS = usable_cpus()
 
@@ -155,18 +155,10 @@ def start_floor(workers: int) -> Server:
                                   "--workers", str(workers)], re.compile(r"READY (?P<address>\S+)"), "stdout")
 
 
-def serve_has_http() -> bool:
-    """Whether this checkout's `digits serve` has the REST front end (--http-port), read off its --help."""
-    done = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--help"], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
-    return "--http-port" in done.stdout
-
-
 def start_service(workers: int, model_repository: Path, extra: list[str]) -> Server:
-    """`digits serve` on free 127.0.0.1 ports, its REST endpoint too when it has one (else REST cases are n/a)."""
-    http = ["--http-port", "0"] if serve_has_http() else []
+    """`digits serve` on free 127.0.0.1 ports, HTTP included (`--serve-arg=--no-http`: REST cases n/a)."""
     return Server("digits serve", [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
-                                   "--port", "0", "--metrics-port", "0", *http, "--workers", str(workers),
+                                   "--port", "0", "--metrics-port", "0", "--http-port", "0", "--workers", str(workers),
                                    "--model-repository", str(model_repository), *extra], SERVING, "stderr")
 
 
