@@ -42,12 +42,11 @@ def test_rest_cases_need_a_peer_with_http():
 
 
 @pytest.mark.parametrize("line, http", [
-    ("serving grpc=127.0.0.1:1 metrics=http://127.0.0.1:3/metrics workers=2", ""),
     ("serving grpc=127.0.0.1:1 http=http://127.0.0.1:2 metrics=http://127.0.0.1:3/metrics workers=2",
      "http://127.0.0.1:2"),
     ("serving grpc=127.0.0.1:1 http=off metrics=http://127.0.0.1:3/metrics workers=2", ""),
 ])
-def test_the_service_start_up_line_is_read_with_or_without_http(line, http):
+def test_the_service_start_up_line_is_read_with_http_on_or_off(line, http):
     server = Server("echo", [sys.executable, "-c", f"import sys; print({line!r}, file=sys.stderr)"], SERVING, "stderr")
     server.wait_ready(30)
     assert (server.address, server.http_url, server.metrics_url) == ("127.0.0.1:1", http, "http://127.0.0.1:3/metrics")
