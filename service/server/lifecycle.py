@@ -5,8 +5,8 @@ load and warm up the model (a bad model fails start-up before any port is bound)
 HTTP front end's thread (its own core; ready answers 503 until SERVING) → start gRPC with every
 service NOT_SERVING → SERVING → serve gRPC on this thread's loop, while a watcher thread loads
 new model versions for both cores, until SIGTERM/SIGINT → NOT_SERVING → new calls UNAVAILABLE
-(HTTP: 503) while in-flight ones get `grace_period` seconds → exit 0. `serve_in_process` runs it with its own /metrics; `workers.Supervisor` runs it
-in N forked workers.
+(HTTP: 503) while in-flight ones get `grace_period` seconds → exit 0. `serve_in_process` runs it
+with its own /metrics; `workers.Supervisor` runs it in N forked workers.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ batch size in the batcher, compute time around the onnxruntime call. Nothing els
 
 Every series lives in cells this module owns: one row of float64 cells per front end (gRPC,
 HTTP) of each worker slot, written only by that front end's thread and summed by whoever collects
-(the supervisor's /metrics with `--workers N`). An observation is two additions to plain numbers, no lock: prometheus-client's
-multiprocess values take a lock, check the pid and pack into an mmap on every update (about
-1.3 µs each, a dozen per request), which was the largest part of our p50 overhead at one image
-per call. Model versions (name, version, SHA-256) sit in a small table beside each row, so
+(the supervisor's /metrics with `--workers N`). An observation is two additions to plain numbers,
+no lock: prometheus-client's multiprocess values take a lock, check the pid and pack into an mmap
+on every update (about 1.3 µs each, a dozen per request), which was the largest part of our p50
+overhead at one image per call. Model versions (name, version, SHA-256) sit in a small table beside each row, so
 images-by-version and model info need no prometheus-client multiprocess mode either.
 
 Importing this module maps nothing and registers nothing. Until the lifecycle code calls
@@ -173,7 +173,7 @@ _block = _Block(len(FRONT_ENDS), shared=False)   # this process alone until `map
 _slot = 0                                        # this process's worker slot
 _writer = _Writer()
 _Writer.cells = _block.row(0)                    # the request path's only write target
-_answered_before = 0.0                           # OK calls already in this slot's rows when the process took it over
+_answered_before = 0.0                           # OK calls in this slot's rows when the process took it over
 
 
 def _rows_of(slot: int) -> range:

@@ -47,7 +47,8 @@ def _field(document: dict, key: str, kind: type, what: str, default: Any = None)
     when absent; anything else is the client's error."""
     value = document.get(key, default)
     if value is not default and (not isinstance(value, kind) or type(value) is bool and kind is not bool):
-        raise InvalidInput(f"{what} '{key}' must be {_JSON_NAMES[kind]}, got {orjson.dumps(value)[:60].decode(errors='replace')}")
+        shown = orjson.dumps(value)[:60].decode(errors="replace")
+        raise InvalidInput(f"{what} '{key}' must be {_JSON_NAMES[kind]}, got {shown}")
     return value
 
 
