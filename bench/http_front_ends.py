@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import socket
 import statistics
 import subprocess
@@ -136,16 +137,25 @@ def start(command: list[str], pattern: re.Pattern) -> tuple[subprocess.Popen, st
     raise RuntimeError(f"{command} did not start")
 
 
-def run(url: str, pid: int, body: Path, header_length: int, seconds: float) -> tuple[float, float]:
-    """(req/s, server CPU µs per request) of one h2load run; CPU read around the whole run."""
+def run(url: str, pid: int, body: Path, header_length: int, seconds: float) -> tuple[float, float, float]:
+    """(req/s, server CPU µs per request, h2load's CPU as % of the machine) of one h2load run; CPU
+    read around the whole run, warm-up included, so both candidates pay the same overstatement."""
     command = ["h2load", "--h1", "-c", "32", "-m", "1", "-t", "1", "--warm-up-time=1s", "-D", f"{round(seconds * 1000)}ms",
                "-d", str(body), "-H", f"Inference-Header-Content-Length: {header_length}",
                "-H", "Content-Type: application/octet-stream", url + PATH]
-    cpu_before = process_tree_cpu_seconds(pid)
+    cpu_before, client_before = process_tree_cpu_seconds(pid), _children_cpu_seconds()
+    started = time.monotonic()
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    elapsed = time.monotonic() - started
     cpu = process_tree_cpu_seconds(pid) - cpu_before
+    client = _children_cpu_seconds() - client_before
     ok = int(re.search(r"status codes: (\d+) 2xx", output).group(1))
-    return ok / seconds, cpu / ok * 1e6
+    return ok / seconds, cpu / ok * 1e6, 100 * client / (elapsed * (os.cpu_count() or 1))
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # h2load, once it has been waited for
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     candidate = start([sys.executable, __file__, "--serve-uvicorn", "0", "--workers", str(args.workers)], READY)
     time.sleep(2)  # every uvicorn worker listening
     peers = {"ours (HttpConnection)": ours, "uvicorn + raw ASGI": candidate}
-    figures: dict[str, list[tuple[float, float]]] = {name: [] for name in peers}
+    figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name in peers}
     with tempfile.TemporaryDirectory() as folder:
         body, header_length = binary_body()
         path = Path(folder) / "body"
@@ -172,17 +182,19 @@ def main(argv: list[str] | None = None) -> int:
             for index in range(args.rounds):
                 order = list(peers.items())
                 for name, (process, url) in order[index % 2:] + order[:index % 2]:
-                    rps, cpu = run(url, process.pid, path, header_length, args.seconds)
-                    figures[name].append((rps, cpu))
-                    print(f"round {index + 1} {name:<24} {rps:>8,.0f} req/s {cpu:>6.0f} µs CPU/request", flush=True)
+                    rps, cpu, client = run(url, process.pid, path, header_length, args.seconds)
+                    figures[name].append((rps, cpu, client))
+                    print(f"round {index + 1} {name:<24} {rps:>8,.0f} req/s {cpu:>6.0f} µs CPU/request  "
+                          f"h2load {client:.0f} % CPU", flush=True)
         finally:
             for process, _ in peers.values():
                 process.terminate()
                 process.wait(30)
     print("medians:")
     for name, runs in figures.items():
-        print(f"  {name:<24} {statistics.median(r for r, _ in runs):>8,.0f} req/s "
-              f"{statistics.median(c for _, c in runs):>6.0f} µs CPU/request")
+        print(f"  {name:<24} {statistics.median(r for r, _, _ in runs):>8,.0f} req/s "
+              f"{statistics.median(c for _, c, _ in runs):>6.0f} µs CPU/request  "
+              f"h2load {statistics.median(h for _, _, h in runs):.0f} % CPU")
     return 0
 
 
