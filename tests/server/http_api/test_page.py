@@ -243,18 +243,24 @@ def test_random_test_digit_shows_its_label_and_the_models_answer(http_server, or
     assert not failures, failures
 
 
+def draw_a_seven(page, oracle) -> dict:
+    """Draws the 7, waits for the answer, and checks it is a 7 with the model's own numbers."""
+    before = updates(page)
+    draw(page, SEVEN)
+    wait_render(page, before)
+    view = shown(page)
+    assert view["digit"] == "7", view["status"]
+    assert_matches_oracle(view, oracle)
+    return view
+
+
 def test_phone_sized_screen_draws_and_nothing_overflows(http_server, oracle):
     failures: list[str] = []
     with browser_page(PHONE, failures) as page:
         page.goto(http_server.http_url + "/")
         wait_ready(page)
         assert page.evaluate("getComputedStyle(document.querySelector('#canvas')).touchAction") == "none"
-        before = updates(page)
-        draw(page, SEVEN)
-        wait_render(page, before)
-        view = shown(page)
-        assert view["digit"] == "7", view["status"]
-        assert_matches_oracle(view, oracle)
+        draw_a_seven(page, oracle)
         width = page.evaluate("document.documentElement.scrollWidth")
         path = screenshot(page, "page-phone")
         assert width <= PHONE["width"], f"the page is {width} px wide on a {PHONE['width']} px screen ({path})"
@@ -276,12 +282,7 @@ def test_with_a_token_the_page_asks_once_then_draws(tmp_path, oracle):
             page.click("#token-submit")
             wait_ready(page)
             assert not page.is_visible("#token-dialog")
-            before = updates(page)
-            draw(page, SEVEN)
-            wait_render(page, before)
-            view = shown(page)
-            assert view["digit"] == "7", view["status"]
-            assert_matches_oracle(view, oracle)
+            draw_a_seven(page, oracle)
             assert page.evaluate(f"sessionStorage.getItem('digit-serving.token') === {json.dumps(TOKEN)}")
             # Asked once: only the very first call went without the token; every later one carried it.
             without = [r.url for r in api_requests if r.headers.get("authorization") != f"Bearer {TOKEN}"]
