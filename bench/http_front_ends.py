@@ -88,7 +88,7 @@ def _uvicorn_worker(port: int) -> None:
             state["pending"] = True
             asyncio.get_running_loop().call_soon(compute)
 
-    application = HttpApp(core, lambda: True, None, 256, wake)
+    application = HttpApp(core, lambda: True, None, 256, 16 << 20, wake)
 
     class FutureExchange:
         __slots__ = ("future", "on_abort")

@@ -20,6 +20,7 @@ from service.server import metrics
 from service.server.errors import InferenceError, ModelNotFound, NotReady, Overloaded
 from service.server.http_api import kserve_v2_rest, page_api
 from service.server.http_api.connection import Exchange, HttpRequest, Response
+from service.server.http_api.encoding import decoded_body
 from service.server.http_api.kserve_v2_rest import KServeV2Rest, Pending
 from service.server.http_api.status import error_body, failure_of
 from service.server.security import REFUSAL
@@ -54,8 +55,9 @@ def failure_response(exc: BaseException) -> tuple[str, Response]:
 
 class HttpApp:
     def __init__(self, core: InferenceCore, is_serving: Callable[[], bool], token: bytes | None,
-                 max_concurrent: int, wake_compute: Callable[[], None]) -> None:
+                 max_concurrent: int, max_body: int, wake_compute: Callable[[], None]) -> None:
         self._core = core
+        self._max_body = max_body
         self._is_serving = is_serving
         self._expected_authorization = b"Bearer " + token if token else None
         self._limit = max_concurrent
@@ -90,7 +92,7 @@ class HttpApp:
             name, version, action = match
             if action == "/infer":
                 self._observed("ModelInfer", request, exchange, b"POST",
-                               lambda: self._v2.infer(name, version, request.body,
+                               lambda: self._v2.infer(name, version, self._body(request),
                                                       request.headers.get(kserve_v2_rest.HEADER_LENGTH)))
             elif action == "/ready":
                 self._observed("ModelReady", request, exchange, b"GET", lambda: self._model_ready(name, version))
@@ -100,7 +102,8 @@ class HttpApp:
         elif path == "/v2":
             self._plain(exchange, method, b"GET", self._v2.server_metadata)
         elif path == page_api.PREPROCESS:
-            self._observed("Preprocess", request, exchange, b"POST", lambda: page_api.preprocess(request.body))
+            self._observed("Preprocess", request, exchange, b"POST",
+                           lambda: page_api.preprocess(self._body(request)))
         elif path == page_api.WEIGHTS:
             self._plain(exchange, method, b"GET", lambda: page_api.weights(self._core.model))
         else:
@@ -119,6 +122,9 @@ class HttpApp:
             if len(self._paths) < PATHS_REMEMBERED:
                 self._paths[raw_path] = resolved
         return resolved
+
+    def _body(self, request: HttpRequest) -> bytes:
+        return decoded_body(request.body, request.headers.get(b"content-encoding"), self._max_body)
 
     def _authorised(self, request: HttpRequest) -> bool:
         return hmac.compare_digest(request.headers.get(b"authorization", b""), self._expected_authorization)

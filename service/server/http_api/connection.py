@@ -38,7 +38,8 @@ class Response:
                  headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self.status, self.body, self.content_type, self.headers = status, body, content_type, headers
 
-    def encode(self, close: bool) -> bytes:
+    def encode(self, close: bool, head_only: bool = False) -> bytes:
+        """The bytes on the wire; `head_only` answers a HEAD request: the same headers, no body."""
         head = [_STATUS_LINES[self.status], b"Content-Type: ", self.content_type,
                 b"\r\nContent-Length: ", b"%d" % len(self.body), b"\r\n"]
         for name, value in self.headers:
@@ -46,7 +47,8 @@ class Response:
         if close:
             head.append(b"Connection: close\r\n")
         head.append(b"\r\n")
-        head.append(self.body)
+        if not head_only:
+            head.append(self.body)
         return b"".join(head)
 
 
@@ -68,12 +70,13 @@ class Exchange:
     """A request's place in its connection's queue of answers. The application calls `respond`
     once; `on_abort` (set by the application) runs if the client leaves before that."""
 
-    __slots__ = ("_connection", "response", "keep_alive", "on_abort")
+    __slots__ = ("_connection", "response", "keep_alive", "head_only", "on_abort")
 
-    def __init__(self, connection: HttpConnection, keep_alive: bool) -> None:
+    def __init__(self, connection: HttpConnection, keep_alive: bool, head_only: bool = False) -> None:
         self._connection = connection
         self.response: Response | None = None
         self.keep_alive = keep_alive
+        self.head_only = head_only
         self.on_abort: Callable[[], None] | None = None
 
     def respond(self, response: Response) -> None:
@@ -218,9 +221,11 @@ class HttpConnection(asyncio.Protocol):
         self._headers_done = False
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         self._body = []
-        exchange = Exchange(self, self._parser.should_keep_alive())
+        method = self._parser.get_method()
+        head_only = method == b"HEAD"  # answered as GET, without the body
+        exchange = Exchange(self, self._parser.should_keep_alive(), head_only)
         self._queue.append(exchange)
-        request = HttpRequest(self._parser.get_method(), self._url, self._headers, body, self._started)
+        request = HttpRequest(b"GET" if head_only else method, self._url, self._headers, body, self._started)
         self._update_reading()
         self._settings.application(request, exchange)
 
@@ -231,7 +236,7 @@ class HttpConnection(asyncio.Protocol):
         while queue and queue[0].response is not None and not self._closing:
             exchange = queue.popleft()
             close = not exchange.keep_alive or self._settings.draining
-            self._transport.write(exchange.response.encode(close))
+            self._transport.write(exchange.response.encode(close, exchange.head_only))
             if close:
                 self._close()
                 return

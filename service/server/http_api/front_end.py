@@ -91,7 +91,7 @@ class HttpFrontEnd:
             self.core.load()
             self._loop = loop = uvloop.new_event_loop()
             self._app = HttpApp(self.core, self._is_serving, self._token, self._config.max_concurrent_rpcs,
-                                self._wake_compute)
+                                self._config.max_receive_message_bytes, self._wake_compute)
             self._settings = ConnectionSettings(self._app, self._config.max_receive_message_bytes,
                                                 self._config.http_read_timeout, self._config.http_idle_timeout)
             loop.run_until_complete(loop.create_server(lambda: HttpConnection(self._settings), sock=self._socket,

@@ -4,6 +4,7 @@ the token, overload, draining, hot reload, --no-http and two workers."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import signal
 import ssl
@@ -62,6 +63,8 @@ def test_tritonclient_http_in_its_own_process_gets_the_model_s_answers(server, o
         assert report[key]["id"] == key.replace("-binary", "-True").replace("-json", "-False")
         for name in ALL:
             np.testing.assert_allclose(np.array(report[key][name]), expected[name], atol=1e-6, err_msg=key)
+    for algorithm in ("gzip", "deflate"):
+        np.testing.assert_allclose(np.array(report[f"compressed-{algorithm}"]), expected["probabilities"], atol=1e-6)
     assert report["unknown_model"]["status"] == "404" or report["unknown_model"]["status"] == 404
     assert "unknown model 'no_such_model'" in report["unknown_model"]["message"]
 
@@ -96,6 +99,26 @@ def test_errors_are_json_with_the_status_a_client_expects(server, method, path, 
     reply = call(server.http_url, method, path, body)
     assert reply.status == status, reply
     assert fragment in error_of(reply)
+
+
+def test_compressed_bodies_are_bounded_and_unknown_encodings_refused(server):
+    body = json.dumps({"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "UINT8",
+                                   "data": [0] * 784}]}).encode()
+    assert call(server.http_url, "POST", INFER, gzip.compress(body), {"Content-Encoding": "gzip"}).status == 200
+    bomb = gzip.compress(b" " * (17 << 20))  # 17 MiB of blanks in ~17 KB: over the 16 MiB limit once inflated
+    reply = call(server.http_url, "POST", INFER, bomb, {"Content-Encoding": "gzip"})
+    assert reply.status == 413 and "decompresses to more than" in error_of(reply)
+    reply = call(server.http_url, "POST", INFER, body, {"Content-Encoding": "br"})
+    assert reply.status == 415 and "not supported" in error_of(reply)
+    reply = call(server.http_url, "POST", INFER, gzip.compress(body)[:-20], {"Content-Encoding": "gzip"})
+    assert reply.status == 400, reply
+
+
+def test_head_answers_like_get_without_the_body(server):
+    page, head = call(server.http_url, "GET", "/"), call(server.http_url, "HEAD", "/")
+    assert head.status == page.status == 200 and head.body == b""
+    assert head.headers["content-length"] == page.headers["content-length"] == str(len(page.body))
+    assert call(server.http_url, "HEAD", "/v2/health/ready").status == 200
 
 
 def test_a_batch_beyond_the_limit_is_a_400_naming_it(server):

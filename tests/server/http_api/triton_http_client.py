@@ -3,7 +3,7 @@
     python triton_http_client.py HOST:PORT MODEL IMAGES.npy
 
 One JSON line: health, metadata and, for each of (binary | JSON) × (UINT8 | FP32), every output
-as lists, so the test compares them with onnxruntime without importing tritonclient itself.
+as lists (and the probabilities of gzip- and deflate-compressed requests), so the test compares them with onnxruntime without importing tritonclient itself.
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ def main(address: str, model: str, images_file: str) -> None:
             report[f"{datatype}-{'binary' if binary else 'json'}"] = {
                 "id": result.get_response()["id"],
                 **{name: result.as_numpy(name).tolist() for name in OUTPUTS}}
+    for algorithm in ("gzip", "deflate"):  # a compressed request body, as tritonclient sends it
+        tensor = httpclient.InferInput("pixels", list(images.shape), "UINT8")
+        tensor.set_data_from_numpy(images, binary_data=True)
+        result = client.infer(model, [tensor], outputs=[httpclient.InferRequestedOutput("probabilities")],
+                              request_compression_algorithm=algorithm)
+        report[f"compressed-{algorithm}"] = result.as_numpy("probabilities").tolist()
     try:
         client.infer("no_such_model", [tensor])
     except InferenceServerException as exc:
