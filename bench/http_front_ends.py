@@ -21,6 +21,7 @@ import json
 import os
 import re
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -129,7 +130,9 @@ def _uvicorn_worker(port: int) -> None:
 
 # -- the comparison ------------------------------------------------------------------------------
 def start(command: list[str], pattern: re.Pattern) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # a session of its own, so that stopping it reaches every worker it forked
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
     for line in process.stdout:
         if match := pattern.search(line):  # then keep reading, so a full pipe never blocks the server
             threading.Thread(target=process.stdout.read, daemon=True).start()
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"h2load {client:.0f} % CPU", flush=True)
         finally:
             for process, _ in peers.values():
-                process.terminate()
+                os.killpg(process.pid, signal.SIGTERM)
                 process.wait(30)
     print("medians:")
     for name, runs in figures.items():
