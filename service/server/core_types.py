@@ -6,8 +6,10 @@ be imported, tested and read without loading onnxruntime or the batcher.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -50,6 +52,18 @@ class InferenceRequest:
 class InferenceResult:
     model: ModelDescription
     outputs: dict[str, np.ndarray]  # name -> [N, width] float32
+
+
+Reply = TypeVar("Reply")
+
+
+@dataclass(frozen=True, slots=True)
+class Pending(Generic[Reply]):
+    """What an adapter hands its transport for an inference: the request for the core, and how to
+    turn the result into that transport's reply (bytes for gRPC, a Response for HTTP)."""
+
+    request: InferenceRequest
+    encode: Callable[[InferenceResult], Reply]
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ import numpy as np
 
 from service.contract import INPUT_NAME, PROBABILITIES
 from service.generated.digits.v1 import digits_pb2 as pb
-from service.server.core_types import InferenceRequest, InferenceResult
+from service.server.core_types import InferenceRequest, InferenceResult, Pending
 from service.server.errors import InvalidInput
-from service.server.grpc_api.methods import Kind, Method, Pending, method_path
+from service.server.grpc_api.methods import Kind, Method, method_path
 from service.server.grpc_api.status import parse
 from service.server.validation import pixels_from_bytes, pixels_from_typed
 

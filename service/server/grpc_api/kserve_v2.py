@@ -16,9 +16,9 @@ import numpy as np
 
 from service.contract import FEATURES, INPUT_NAME
 from service.generated.inference import grpc_predict_v2_pb2 as pb
-from service.server.core_types import InferenceRequest, InferenceResult, ModelDescription
+from service.server.core_types import InferenceRequest, InferenceResult, ModelDescription, Pending
 from service.server.errors import InvalidInput
-from service.server.grpc_api.methods import Kind, Method, Pending, method_path
+from service.server.grpc_api.methods import Kind, Method, method_path
 from service.server.grpc_api.status import parse
 from service.server.open_inference import DATATYPES, PLATFORM, SERVER_NAME, SERVER_VERSION
 from service.server.validation import check_tensor_shape, pixels_from_bytes, pixels_from_typed

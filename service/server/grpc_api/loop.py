@@ -25,7 +25,8 @@ from service.server import metrics
 from service.server.errors import InferenceError, InvalidInput, NotReady, Overloaded
 from service.server.security import REFUSAL
 from service.server.grpc_api.health import Health
-from service.server.grpc_api.methods import Kind, Method, Pending
+from service.server.core_types import Pending
+from service.server.grpc_api.methods import Kind, Method
 from service.server.grpc_api.status import status_of
 from service.server.grpc_api.transport import Call, CallArrived, CallFinished, CoreServer, MessageReceived
 

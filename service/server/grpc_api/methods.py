@@ -12,15 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from service.server.core_types import InferenceRequest, InferenceResult
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """An inference to run, and how to turn its result into reply bytes."""
-
-    request: InferenceRequest
-    encode: Callable[[InferenceResult], bytes]
+from service.server.core_types import Pending
 
 
 Answer = bytes | Pending

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
 from service.server import metrics
+from service.server.core_types import Pending
 from service.server.errors import InferenceError, ModelNotFound, NotReady, Overloaded
 from service.server.http_api import kserve_v2_rest, page_api
-from service.server.http_api.connection import Exchange, HttpRequest, Response
+from service.server.http_api.connection import Exchange, HttpRequest, Response, error_response
 from service.server.http_api.encoding import decoded_body
-from service.server.http_api.kserve_v2_rest import KServeV2Rest, Pending
-from service.server.http_api.status import error_body, failure_of
+from service.server.http_api.kserve_v2_rest import KServeV2Rest
+from service.server.http_api.status import failure_of
 from service.server.security import REFUSAL
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 SHUTTING_DOWN = "server is shutting down"
 PATHS_REMEMBERED = 1024
+OTHER_ROUTES = frozenset(("/v2", *page_api.ROUTES))   # beside health, page files and model paths
 MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?")
 RETRY_AFTER = ((b"Retry-After", b"1"),)
 CHALLENGE = ((b"WWW-Authenticate", b'Bearer realm="digit-serving"'),)
@@ -50,7 +52,7 @@ def failure_response(exc: BaseException) -> tuple[str, Response]:
     """(status name for the metrics, the response) for any failure."""
     code, status, message = failure_of(exc)
     headers = RETRY_AFTER if status in (429, 503) else CHALLENGE if status == 401 else ()
-    return code, Response(status, error_body(message), headers=headers)
+    return code, error_response(status, message, headers)
 
 
 class HttpApp:
@@ -81,7 +83,7 @@ class HttpApp:
             if method == b"GET" and path in self._files:
                 exchange.respond(self._files[path])
                 return
-            if match is None and path not in ("/v2", *page_api.ROUTES):
+            if match is None and path not in OTHER_ROUTES:
                 raise ModelNotFound(f"no such endpoint: {method.decode('latin-1')} {path[:200]}")
             if self._expected_authorization is not None and not self._authorised(request):
                 raise Unauthenticated(REFUSAL + "; send 'Authorization: Bearer <token>'")

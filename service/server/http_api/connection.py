@@ -18,8 +18,8 @@ from collections.abc import Callable
 from http import HTTPStatus
 
 import httptools
+import orjson
 
-from service.server.http_api.status import error_body
 
 MAX_HEADER_BYTES = 64 * 1024     # request line and headers of one request
 MAX_HEADERS = 100
@@ -52,8 +52,15 @@ class Response:
         return b"".join(head)
 
 
-def error_response(status: int, message: str) -> Response:
-    return Response(status, error_body(message))
+def json_response(document: object, status: int = 200, headers: tuple[tuple[bytes, bytes], ...] = ()) -> Response:
+    """A JSON answer; NumPy arrays in `document` are written by orjson itself, float32 in its
+    shortest form that reads back exactly."""
+    return Response(status, orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), JSON, headers)
+
+
+def error_response(status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> Response:
+    """`{"error": "..."}`, what Triton and KServe answer and what tritonclient reads."""
+    return json_response({"error": message}, status, headers)
 
 
 class HttpRequest:

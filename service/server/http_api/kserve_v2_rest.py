@@ -21,9 +21,9 @@ import numpy as np
 import orjson
 
 from service.contract import FEATURES, INPUT_NAME
-from service.server.core_types import InferenceRequest, InferenceResult, ModelDescription
+from service.server.core_types import InferenceRequest, InferenceResult, ModelDescription, Pending
 from service.server.errors import InvalidInput
-from service.server.http_api.connection import Response
+from service.server.http_api.connection import Response, json_response
 from service.server.open_inference import DATATYPES, PLATFORM, SERVER_NAME, SERVER_VERSION
 from service.server.validation import check_tensor_shape, pixels_from_bytes, pixels_from_values
 
@@ -36,10 +36,6 @@ OCTET_STREAM = b"application/octet-stream"
 EXTENSIONS = ["binary_tensor_data"]
 WHAT = f"input '{INPUT_NAME}'"
 HEADER_CACHE = 256    # distinct binary request headers remembered; real clients send a handful
-
-
-def ok(document: object) -> Response:
-    return Response(200, orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 def _field(document: dict, key: str, kind: type, what: str, default: Any = None) -> Any:
@@ -55,24 +51,26 @@ def _field(document: dict, key: str, kind: type, what: str, default: Any = None)
 _JSON_NAMES = {dict: "an object", list: "an array", str: "a string", int: "an integer", bool: "true or false"}
 
 
-def split_body(body: bytes, header_length: bytes | None) -> tuple[dict, memoryview]:
-    """The request's JSON document and the binary data after it."""
+def json_length(body: bytes, header_length: bytes | None) -> int:
+    """How many bytes of the body are JSON: all, or what Inference-Header-Content-Length says."""
     if header_length is None:
-        length = len(body)
-    else:
-        if not header_length.isdigit():
-            raise InvalidInput(f"Inference-Header-Content-Length must be a byte count, got {header_length[:40]!r}")
-        length = int(header_length)
-        if length > len(body):
-            raise InvalidInput(f"Inference-Header-Content-Length is {length} but the body has only {len(body)} bytes")
-    view = memoryview(body)
+        return len(body)
+    if not header_length.isdigit():
+        raise InvalidInput(f"Inference-Header-Content-Length must be a byte count, got {header_length[:40]!r}")
+    length = int(header_length)
+    if length > len(body):
+        raise InvalidInput(f"Inference-Header-Content-Length is {length} but the body has only {len(body)} bytes")
+    return length
+
+
+def parse_document(text: bytes) -> dict:
     try:
-        document = orjson.loads(view[:length])
+        document = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise InvalidInput("request body must be a JSON object with 'inputs'")
-    return document, view[length:]
+    return document
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +117,9 @@ def read_header(document: dict) -> InferHeader:
                        binary, binary_default)
 
 
-def decode_pixels(header: InferHeader, document: dict | None, binary: memoryview,
-                  has_booleans: bool = True) -> np.ndarray:
-    """The validated [N, 784] pixels: from the bytes after the JSON header, or from its `data`."""
+def decode_pixels(header: InferHeader, document: dict | None, text: bytes, binary: memoryview) -> np.ndarray:
+    """The validated [N, 784] pixels: from the bytes after the JSON `text`, or from its `data`
+    (then `document` is `text` parsed)."""
     dtype, size = DATATYPES[header.datatype], header.binary_size
     if size is not None:
         if size < 0 or size > len(binary):
@@ -136,7 +134,7 @@ def decode_pixels(header: InferHeader, document: dict | None, binary: memoryview
             raise InvalidInput(f"{len(binary)} bytes of binary data follow the JSON header but no input "
                                "declares binary_data_size")
         pixels = _pixels_from_json(document["inputs"][0].get("data"), header.datatype, dtype,
-                                   may_hold_booleans=has_booleans)
+                                   may_hold_booleans=b"true" in text or b"false" in text)
     if len(pixels) != header.images:
         raise InvalidInput(f"{WHAT} declares shape {header.shape} ({header.images} images) but its data holds "
                            f"{len(pixels)} images")
@@ -218,7 +216,7 @@ def encode_result(result: InferenceResult, request_id: str, binary: tuple[bool, 
     shapes = tuple((name, *array.shape, wanted) for (name, array), wanted in zip(arrays.items(), binary))
     model = result.model
     if not any(binary):
-        return ok(_document(model.name, model.version, request_id, shapes, arrays))
+        return json_response(_document(model.name, model.version, request_id, shapes, arrays))
     if request_id or not all(binary):
         header = orjson.dumps(_document(model.name, model.version, request_id, shapes, arrays),
                               option=orjson.OPT_SERIALIZE_NUMPY)
@@ -235,37 +233,30 @@ def model_metadata(model: ModelDescription) -> dict:
                         for n in model.output_names]}
 
 
-class Pending:
-    """An inference to hand to the core, and how to turn its result into the response."""
-
-    __slots__ = ("request", "encode")
-
-    def __init__(self, request: InferenceRequest, encode) -> None:
-        self.request, self.encode = request, encode
-
-
 class KServeV2Rest:
     def __init__(self, core: InferenceCore) -> None:
         self._core = core
         self._headers: dict[bytes, InferHeader] = {}   # binary requests' JSON headers, already read
-        self._metadata = ok({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
+        self._metadata = json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
 
     def server_metadata(self) -> Response:
         return self._metadata
 
     def model_metadata(self, name: str, version: str) -> Response:
-        return ok(model_metadata(self._core.find_model(name, version)))
+        return json_response(model_metadata(self._core.find_model(name, version)))
 
     def model_ready(self, name: str, version: str) -> Response:
         """200 once the model answers (the caller answers 503 while the server is not serving)."""
         model = self._core.find_model(name, version)
-        return ok({"name": model.name, "version": model.version, "ready": True})
+        return json_response({"name": model.name, "version": model.version, "ready": True})
 
     def infer(self, name: str, version: str, body: bytes, header_length: bytes | None) -> Pending:
         model = self._core.find_model(name, version)
-        header, document, binary = self._read(body, header_length)
-        pixels = decode_pixels(header, document, binary,
-                               has_booleans=document is not None and (b"true" in body or b"false" in body))
+        length = json_length(body, header_length)
+        text = body if length == len(body) else body[:length]   # a copy only of a binary request's header
+        binary = memoryview(body)[length:]
+        header, document = self._read(text, binary_form=header_length is not None)
+        pixels = decode_pixels(header, document, text, binary)
         outputs, binary_outputs = header.outputs, header.binary_outputs
         if outputs is None:
             outputs, binary_outputs = model.output_names, (header.binary_default,) * len(model.output_names)
@@ -273,18 +264,16 @@ class KServeV2Rest:
         return Pending(InferenceRequest(pixels, outputs),
                        lambda result: encode_result(result, request_id, binary_outputs))
 
-    def _read(self, body: bytes, header_length: bytes | None) -> tuple[InferHeader, dict | None, memoryview]:
-        """The request's header, its JSON document when the data is in it, and the binary data."""
-        if header_length is not None and header_length.isdigit() and int(header_length) <= len(body):
-            length = int(header_length)
-            key = body[:length]
-            header = self._headers.get(key)
-            if header is not None:
-                return header, None, memoryview(body)[length:]
-        document, binary = split_body(body, header_length)
+    def _read(self, text: bytes, binary_form: bool) -> tuple[InferHeader, dict | None]:
+        """The request's header, and its parsed JSON when it was read now. A binary request's
+        header holds no tensor data, so it is kept by its bytes and read once."""
+        header = self._headers.get(text) if binary_form else None
+        if header is not None:
+            return header, None
+        document = parse_document(text)
         header = read_header(document)
-        if header.binary_size is not None and header_length is not None:  # no data in the JSON: reusable
+        if binary_form and header.binary_size is not None:
             if len(self._headers) >= HEADER_CACHE:
                 self._headers.clear()
-            self._headers[body[:len(body) - len(binary)]] = header
-        return header, document, binary
+            self._headers[text] = header
+        return header, document

@@ -17,14 +17,13 @@ import io
 from pathlib import Path
 
 import numpy as np
-import orjson
 from PIL import Image, UnidentifiedImageError
 
 from service.client.mnist_files import load_test_set
 from service.client.preprocess import PreprocessError, preprocess_float32
 from service.contract import IMAGE_SIDE
 from service.server.errors import InvalidInput, ModelNotFound
-from service.server.http_api.connection import Response
+from service.server.http_api.connection import Response, json_response
 
 API = "digits_rest"
 PREPROCESS, WEIGHTS, SAMPLES = "/v1/preprocess", "/v1/weights", "/v1/samples/random"
@@ -39,10 +38,6 @@ CONTENT_TYPES = {".html": b"text/html; charset=utf-8", ".js": b"text/javascript;
 PAGE_HEADERS = ((b"Cache-Control", b"no-cache"), (b"X-Content-Type-Options", b"nosniff"),
                 (b"Content-Security-Policy", b"default-src 'self'; img-src 'self' data: blob:; "
                                              b"frame-ancestors 'none'"))
-
-
-def _json(document: object) -> Response:
-    return Response(200, orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 def load_page_files(folder: Path = PAGE_DIR) -> dict[str, Response]:
@@ -72,14 +67,14 @@ def preprocess(body: bytes) -> Response:
         pixels = preprocess_float32(body)
     except PreprocessError as exc:
         raise InvalidInput(str(exc)) from None
-    return _json({"pixels": pixels.reshape(-1), "shape": [IMAGE_SIDE, IMAGE_SIDE]})
+    return json_response({"pixels": pixels.reshape(-1), "shape": [IMAGE_SIDE, IMAGE_SIDE]})
 
 
 def weights(model) -> Response:
     if model.first_layer is None:
         raise ModelNotFound(f"model {model.name} version {model.version} has no first dense layer to show")
     matrix, biases = model.first_layer
-    return _json({"model_name": model.name, "model_version": model.version, "layer": "activation_1",
+    return json_response({"model_name": model.name, "model_version": model.version, "layer": "activation_1",
                   "shape": [len(matrix), IMAGE_SIDE, IMAGE_SIDE], "weights": matrix.reshape(-1),
                   "biases": biases})
 
@@ -101,5 +96,5 @@ class Samples:
             index = int(text)
         else:
             raise InvalidInput(f"index must be an integer within 0..{count - 1}, got {text[:20]!r}")
-        return _json({"index": index, "label": int(self._labels[index]),
+        return json_response({"index": index, "label": int(self._labels[index]),
                       "pixels": self._images[index]})

@@ -1,4 +1,4 @@
-"""The one table from the core's failures to HTTP statuses, and the JSON error body.
+"""The one table from the core's failures to HTTP statuses.
 
 Every failure is an `InferenceError` whose `status` names a gRPC code (see `service.server.errors`);
 REST clients expect HTTP statuses instead, so this table maps each name once. The metrics keep
@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import logging
 
-import orjson
-
 from service.server.errors import InferenceError
 
 log = logging.getLogger(__name__)
 
 INTERNAL_MESSAGE = "internal server error; the server log has the details"
 HTTP_STATUS = {
-    "OK": 200,
     "INVALID_ARGUMENT": 400,
     "UNAUTHENTICATED": 401,
     "NOT_FOUND": 404,
@@ -37,7 +34,3 @@ def failure_of(exc: BaseException) -> tuple[str, int, str]:
     log.exception("unexpected error while handling an HTTP request", exc_info=exc)
     return "INTERNAL", 500, INTERNAL_MESSAGE
 
-
-def error_body(message: str) -> bytes:
-    """`{"error": "..."}`, what Triton and KServe answer and what tritonclient reads."""
-    return orjson.dumps({"error": message})
