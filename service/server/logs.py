@@ -17,6 +17,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class UndecodableMetadataFilter(logging.Filter):
+    """Drops grpcio's traceback for a metadata value that is not UTF-8.
+
+    grpcio's Cython layer logs an exception ("Invalid encoding on ...") each time it decodes such a
+    value, before our code sees the call; the serving loop then refuses that call with
+    INVALID_ARGUMENT. A client could otherwise fill the log with one traceback per call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Invalid encoding on")
+
+
 def configure(level: str, as_json: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if as_json else logging.Formatter(
@@ -24,4 +35,5 @@ def configure(level: str, as_json: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.getLogger("grpc._cython.cygrpc").addFilter(UndecodableMetadataFilter())
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

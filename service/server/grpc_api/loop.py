@@ -28,7 +28,8 @@ from service.server.grpc_api.health import Health
 from service.server.core_types import Pending
 from service.server.grpc_api.methods import Kind, Method
 from service.server.grpc_api.status import status_of
-from service.server.grpc_api.transport import Call, CallArrived, CallFinished, CoreServer, MessageReceived
+from service.server.grpc_api.transport import (Call, CallArrived, CallFinished, CoreServer, MessageReceived,
+                                                SendWindowOpen)
 
 if TYPE_CHECKING:
     from service.server.batcher import Ticket
@@ -71,7 +72,8 @@ class _Message:
 
 class ServingLoop:
     def __init__(self, transport: CoreServer, core: InferenceCore, methods: list[Method], health: Health,
-                 token: bytes | None, max_concurrent_calls: int, max_send_bytes: int) -> None:
+                 token: bytes | None, max_concurrent_calls: int, max_send_bytes: int,
+                 read_timeout: float) -> None:
         self._transport = transport
         self._core = core
         self._methods = {m.path: m for m in methods}
@@ -82,6 +84,10 @@ class ServingLoop:
         self._max_send = max_send_bytes
         self._draining = False
         self._streams: set[Call] = set()
+        # Calls whose first request message has not arrived, in arrival order, with the time by
+        # which it must: such a call holds no admission slot, and is ended when that time passes.
+        self._read_timeout = read_timeout
+        self._awaiting: dict[Call, float] = {}
 
     # -- turns -----------------------------------------------------------------------------
     def run(self, should_stop: Callable[[], bool]) -> None:
@@ -97,15 +103,35 @@ class ServingLoop:
             kind = type(event)
             try:
                 if kind is MessageReceived:
-                    self._on_message(event.call, event.data)
+                    self._on_message(event.call, event.data, event.ok)
                 elif kind is CallArrived:
                     self._on_arrival(event.call)
                 elif kind is CallFinished:
                     self._on_finished(event.call, event.cancelled)
+                elif kind is SendWindowOpen:
+                    state = event.call.user_data
+                    if state is not None:
+                        self._read_more(event.call, state)
             except Exception as exc:  # noqa: BLE001 - a bug of ours fails this call, not the worker
                 code, message = status_of(exc)
                 event.call.fail(code, message)
         self._core.compute_due()
+        if self._awaiting:
+            self._end_unread_calls()
+
+    def _end_unread_calls(self) -> None:
+        """Ends the calls whose first request message is overdue (oldest first; the rest are younger)."""
+        now = time.monotonic()
+        awaiting = self._awaiting
+        while awaiting:
+            call = next(iter(awaiting))
+            if awaiting[call] > now:
+                return
+            del awaiting[call]
+            self._streams.discard(call)
+            call.user_data = None   # never admitted nor counted: nothing to observe when it ends
+            call.fail(grpc.StatusCode.DEADLINE_EXCEEDED,
+                      f"no request message within {self._read_timeout:g} s (--grpc-read-timeout)")
 
     def set_serving(self, serving: bool) -> None:
         """Health for every service, told to every Watch subscriber."""
@@ -137,30 +163,31 @@ class ServingLoop:
         if method is None:
             call.fail(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {call.method}")
             return
+        bad_key = _non_ascii_metadata(call.metadata)
+        if bad_key is not None:
+            call.fail(grpc.StatusCode.INVALID_ARGUMENT, f"metadata {bad_key!r} is not printable ASCII")
+            return
         if method.protected and self._expected_authorization is not None and not self._authorised(call):
             call.fail(grpc.StatusCode.UNAUTHENTICATED, REFUSAL)
             return
         state = _CallState(method)
         call.user_data = state
-        if method.kind is Kind.UNARY and method.observed:
-            metrics.request_started()
-            state.counted = True
-            if metrics.inflight() > self._limit:
-                self._fail(call, state, self._overloaded())
-                return
         if method.kind is Kind.STREAM:
             self._streams.add(call)
             state.reading = True
+        self._awaiting[call] = time.monotonic() + self._read_timeout
         call.read()
 
     def _authorised(self, call: Call) -> bool:
         given = next((value for key, value in call.metadata if key == "authorization"), "")
-        given = given.encode() if isinstance(given, str) else given
-        return hmac.compare_digest(given, self._expected_authorization)
+        return hmac.compare_digest(given.encode(), self._expected_authorization)
 
-    def _on_message(self, call: Call, data: bytes | None) -> None:
+    def _on_message(self, call: Call, data: bytes | None, ok: bool) -> None:
         state: _CallState | None = call.user_data
         if state is None:
+            return
+        self._awaiting.pop(call, None)
+        if not ok:   # the call died first; gRPC core answered the client if anyone did (CallFinished follows)
             return
         kind = state.method.kind
         if kind is Kind.UNARY:
@@ -180,6 +207,7 @@ class ServingLoop:
                 call.fail(*status_of(exc))
 
     def _on_finished(self, call: Call, cancelled: bool) -> None:
+        self._awaiting.pop(call, None)
         state: _CallState | None = call.user_data
         if state is None:
             return
@@ -191,7 +219,7 @@ class ServingLoop:
             if message.ticket is not None:
                 message.ticket.cancel()
             self._end_message(state, message, code)
-        if state.method.kind is Kind.UNARY and not state.finished:
+        if state.method.kind is Kind.UNARY and not state.finished and state.counted:
             if state.ticket is not None:
                 state.ticket.cancel()
             self._observe(state, code if cancelled else "OK")
@@ -199,9 +227,16 @@ class ServingLoop:
 
     # -- unary -----------------------------------------------------------------------------
     def _unary_message(self, call: Call, state: _CallState, data: bytes | None) -> None:
-        if data is None:
-            self._fail(call, state, InvalidInput("the client sent no request message"))
+        if data is None:   # answered, not counted: only calls whose request reached us are
+            state.finished = True
+            call.fail(*status_of(InvalidInput("the client sent no request message")))
             return
+        if state.method.observed:   # admitted now that its request is here, not when it arrived
+            metrics.request_started()
+            state.counted = True
+            if metrics.inflight() > self._limit:
+                self._fail(call, state, self._overloaded())
+                return
         try:
             answer = state.method.handle(data, call.deadline)
             if type(answer) is bytes:
@@ -311,7 +346,8 @@ class ServingLoop:
         self._observers[state.method.path](code, time.perf_counter() - message.start)
 
     def _read_more(self, call: Call, state: _CallState) -> None:
-        if not (state.reading or state.half_closed or state.closing) and len(state.open) < STREAM_WINDOW:
+        if not (state.reading or state.half_closed or state.closing or call.send_backlogged) \
+                and len(state.open) < STREAM_WINDOW:
             state.reading = True
             call.read()
 
@@ -322,3 +358,12 @@ class ServingLoop:
                 call.finish()
             else:
                 call.finish(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+
+
+def _non_ascii_metadata(metadata: tuple) -> str | None:
+    """The first key whose text value is not ASCII (grpcio decodes what is not UTF-8 as latin-1),
+    or None. Binary (`-bin`) values arrive as bytes and are not looked at."""
+    for key, value in metadata:
+        if value.__class__ is str and not value.isascii():
+            return key
+    return None

@@ -33,7 +33,8 @@ REQUESTED_CALLS = 2500
 def channel_options(config: ServeConfig) -> list[tuple[str, int]]:
     options = [("grpc.max_receive_message_length", config.max_receive_message_bytes),
                ("grpc.max_send_message_length", config.max_send_message_bytes),
-               ("grpc.so_reuseport", 1)]
+               ("grpc.so_reuseport", 1),
+               ("grpc.max_concurrent_streams", config.max_concurrent_streams)]
     if config.max_connection_age > 0:
         options += [("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)),
                     ("grpc.max_connection_age_grace_ms", int(config.grace_period * 1000))]
@@ -49,6 +50,6 @@ def build(config: ServeConfig, core: InferenceCore, is_serving: Callable[[], boo
     methods = [*DigitsV1(core).methods(), *KServeV2(core, is_serving).methods(), *health.methods(),
                *reflection.methods()]
     loop = ServingLoop(transport, core, methods, health, token, config.max_concurrent_rpcs,
-                       config.max_send_message_bytes)
+                       config.max_send_message_bytes, config.grpc_read_timeout)
     port = transport.add_port(f"{config.host}:{config.port}", auth.server_credentials(tls))
     return transport, loop, port

@@ -65,6 +65,9 @@ _OP_COMPLETE = cygrpc.CompletionType.operation_complete
 # Tag kinds. A tag is (kind, call) for batches, a bare kind for request_call.
 _REQUEST, _RECV, _SEND, _FINAL, _CLOSE, _PREREAD = range(6)
 _FAR_FUTURE = 1e15  # the core's "no deadline" comes back as ~9e18 s
+# Replies of one stream queued or in flight beyond which `Call.send_backlogged` says stop reading:
+# a client that does not read its replies (flow-control window 0) must not grow our memory.
+SEND_WINDOW = 8
 
 ChannelOption = Tuple[str, Union[int, str, bytes]]
 
@@ -112,12 +115,21 @@ class CallArrived:
 
 
 class MessageReceived:
-    """The read started by ``call.read()`` completed; ``data`` None = client half-closed
-    (or the call died; then a CallFinished follows)."""
-    __slots__ = ("call", "data")
+    """The read started by ``call.read()`` completed. ``data`` None with ``ok`` True: the client
+    half-closed; with ``ok`` False: the call died before a message reached us (the client left,
+    or gRPC core refused the message and answered the client itself); a CallFinished follows."""
+    __slots__ = ("call", "data", "ok")
 
-    def __init__(self, call: Call, data: Optional[bytes]) -> None:
-        self.call, self.data = call, data
+    def __init__(self, call: Call, data: Optional[bytes], ok: bool) -> None:
+        self.call, self.data, self.ok = call, data, ok
+
+
+class SendWindowOpen:
+    """A stream's unsent replies fell below ``SEND_WINDOW`` again: its reading may resume."""
+    __slots__ = ("call",)
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
 
 
 class CallFinished:
@@ -129,7 +141,7 @@ class CallFinished:
         self.call, self.cancelled = call, cancelled
 
 
-Event = Union[CallArrived, MessageReceived, CallFinished]
+Event = Union[CallArrived, MessageReceived, CallFinished, SendWindowOpen]
 
 
 class Call:
@@ -163,6 +175,12 @@ class Call:
     @property
     def active(self) -> bool:
         return not (self._status_queued or self.cancelled)
+
+    @property
+    def send_backlogged(self) -> bool:
+        """Whether ``SEND_WINDOW`` replies are already waiting to leave (stop reading this stream;
+        a ``SendWindowOpen`` event says when to go on)."""
+        return len(self._queue) + self._sending >= SEND_WINDOW
 
     def read(self) -> None:
         """Starts receiving the next request message (one read at a time)."""
@@ -252,13 +270,15 @@ class Call:
         if kind == _RECV:
             data = event.batch_operations[0].message() if ok else None
             if self._visible:
-                out.append(MessageReceived(self, data))
+                out.append(MessageReceived(self, data, ok))
         elif kind == _SEND:
             self._sending = False
             if not ok:
                 self._queue.clear()
             elif self._queue:
                 self._start_send(self._queue.popleft())
+                if len(self._queue) == SEND_WINDOW - 2 and self._visible:  # was SEND_WINDOW unsent
+                    out.append(SendWindowOpen(self))
             elif self._final is not None:
                 code, message = self._final
                 self._final = None
