@@ -36,7 +36,7 @@ class ServeConfig:
     max_receive_message_bytes: int = 16 * 1024 * 1024
     max_send_message_bytes: int = 16 * 1024 * 1024
     max_connection_age: float = 0.0        # seconds; 0 keeps connections for ever
-    max_concurrent_streams: int = 100      # HTTP/2 streams (calls) one gRPC connection may have open
+    max_concurrent_streams: int = 256      # HTTP/2 streams (calls) one gRPC connection may have open
     max_connections: int = 400             # client connections per worker, on each of gRPC and HTTP
     grpc_read_timeout: float = 30.0        # seconds a gRPC call has to send its (first) request message
     http_read_timeout: float = 30.0        # seconds a client has to send one whole HTTP request

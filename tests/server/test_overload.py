@@ -45,7 +45,10 @@ async def burst(address: str, calls: int, deadline: float) -> tuple[Counter, lis
 
 def test_far_above_capacity_excess_is_refused_and_nothing_is_wasted():
     # a 20 ms batching window keeps calls in flight, so the 64-call admission limit is what binds
-    server = RunningServer("--workers", "1", "--max-concurrent-rpcs", "64", "--max-queue-delay-us", "20000")
+    # all 2,000 calls share one connection: let it carry them (past --max-concurrent-streams, gRPC
+    # core refuses streams, and the client reads UNAVAILABLE, not the admission limit this is about)
+    server = RunningServer("--workers", "1", "--max-concurrent-rpcs", "64", "--max-queue-delay-us", "20000",
+                           "--max-concurrent-streams", "2000")
     try:
         statuses, latencies, seconds = asyncio.run(burst(server.address, calls=2000, deadline=10.0))
         peak_rss = rss_mb(server.process.pid)

@@ -186,8 +186,8 @@ def run_attack(name: str, attack: Callable[[int, float], dict], port: int, worke
     report.rss_peak = max(watch.peak, report.rss_after)
     after = requests_by_code(scrape())
     bystander_ok = report.bystander.get("codes", {}).get("OK", 0)
-    report.counted = {code: int(after[code] - before[code] - (bystander_ok if code == "OK" else 0))
-                      for code in after if after[code] != before[code]}
+    changes = {code: int(after[code] - before[code] - (bystander_ok if code == "OK" else 0)) for code in after}
+    report.counted = {code: change for code, change in changes.items() if change}
     return report
 
 
@@ -198,7 +198,7 @@ def idle_calls(port: int, seconds: float, calls: int = 300) -> dict:
     streams = [conn.open_call(INFER, end_stream=False) for _ in range(calls)]
     conn.pump(seconds)
     ended = [conn.streams[s] for s in streams if conn.streams[s].ended]
-    statuses = Counter(str(r.grpc_status if r.reset is None else f"RST{r.reset}") for r in ended)
+    statuses = Counter(str(r.grpc_status if r.grpc_status is not None else f"RST{r.reset}") for r in ended)
     conn.close()
     return {"calls": calls, "ended_by_server": len(ended), "statuses": dict(statuses)}
 
@@ -217,7 +217,7 @@ def idle_streams(port: int, seconds: float, streams: int = 10_000) -> dict:
             conn.pump(0)
     conn.send(batch)
     conn.pump(seconds)
-    refused = sum(1 for r in conn.streams.values() if r.reset is not None)
+    refused = sum(1 for r in conn.streams.values() if r.reset is not None and r.grpc_status is None)
     details = {"opened": streams, "refused_by_rst": refused,
                "max_concurrent_streams": conn.server_settings.get(3), "goaway": conn.goaway,
                "closed": conn.closed}

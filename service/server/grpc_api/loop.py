@@ -224,6 +224,8 @@ class ServingLoop:
                 state.ticket.cancel()
             self._observe(state, code if cancelled else "OK")
         state.finished = True
+        state.ticket = None      # the ticket's callback refers back to the call: no cycle left
+        call.user_data = None
 
     # -- unary -----------------------------------------------------------------------------
     def _unary_message(self, call: Call, state: _CallState, data: bytes | None) -> None:

@@ -34,7 +34,16 @@ def channel_options(config: ServeConfig) -> list[tuple[str, int]]:
     options = [("grpc.max_receive_message_length", config.max_receive_message_bytes),
                ("grpc.max_send_message_length", config.max_send_message_bytes),
                ("grpc.so_reuseport", 1),
-               ("grpc.max_concurrent_streams", config.max_concurrent_streams)]
+               # HTTP/2 MAX_CONCURRENT_STREAMS; gRPC core counts a stream until its call is freed
+               # (overload protection, on by default), which also bounds what rapid resets can hold
+               ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+               # no BDP probing: it raises every stream's flow-control window to megabytes, which
+               # gRPC core then buffers for a client that sends while we do not read (a stream
+               # whose replies it does not read); 64 KiB a stream keeps that bounded
+               ("grpc.http2.bdp_probe", 0),
+               ("grpc.max_allowed_incoming_connections", config.max_connections),
+               # a TLS or HTTP/2 handshake gets as long as a call gets for its request
+               ("grpc.server_handshake_timeout_ms", int(config.grpc_read_timeout * 1000))]
     if config.max_connection_age > 0:
         options += [("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)),
                     ("grpc.max_connection_age_grace_ms", int(config.grace_period * 1000))]

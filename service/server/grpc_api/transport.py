@@ -390,6 +390,10 @@ class CoreServer:
         out.append(CallArrived(call))
 
     def _release(self, call: Call, out: list) -> None:
+        # Drop our reference to the core's call now, not when a garbage collection finds the
+        # application's cycles through `user_data`: gRPC core counts a stream against
+        # MAX_CONCURRENT_STREAMS until its call is freed, and refuses new streams past it.
+        call._call = None
         self._calls.discard(call)
         if call._visible:
             call._visible = False
