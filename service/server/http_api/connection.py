@@ -5,7 +5,8 @@ keep-alive and pipelining (responses leave in request order even when a later re
 answered first), limits on header and body sizes (431, 413), `Expect: 100-continue`, the read
 and idle timeouts that keep slow or silent clients from holding a connection (408), reading
 paused while the client does not read its answers, and the cancellation of requests whose
-client went away. It knows nothing of inference: the application gets an `HttpRequest` and an
+client went away. Only progress on a request counts as activity: bytes the parser skips (blank
+lines between requests) do not keep a connection open. It knows nothing of inference: the application gets an `HttpRequest` and an
 `Exchange` to answer, now or later.
 """
 
@@ -118,7 +119,8 @@ class HttpConnection(asyncio.Protocol):
         self._refused = False              # a request could not be read: nothing more is read
         self._reading_paused = False
         self._writing_paused = False
-        self._last_activity = time.monotonic()
+        self._last_activity = time.monotonic()   # a request begun or the last answer written
+        self._closed_at = 0.0              # time.monotonic() of close(): its unsent answer gets a deadline
         # the request being read
         self._in_message = False
         self._message_began = 0.0          # time.monotonic() of its first byte
@@ -147,7 +149,6 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing or self._refused:
             return
-        self._last_activity = time.monotonic()
         if not self._headers_done:
             self._header_bytes += len(data)
         try:
@@ -173,7 +174,7 @@ class HttpConnection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._in_message = True
-        self._message_began = time.monotonic()
+        self._message_began = self._last_activity = time.monotonic()
         self._started = time.perf_counter()
         self._url = b""
         self._headers = {}
@@ -247,6 +248,8 @@ class HttpConnection(asyncio.Protocol):
             if close:
                 self._close()
                 return
+            if not queue:  # the idle timeout runs from the last answer, however long it took
+                self._last_activity = time.monotonic()
         self._update_reading()
 
     def _refuse(self, status: HTTPStatus, message: str) -> None:
@@ -261,6 +264,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closing = True
+        self._closed_at = time.monotonic()
         self._transport.close()
 
     def _update_reading(self) -> None:
@@ -281,10 +285,18 @@ class HttpConnection(asyncio.Protocol):
     # -- the front end's periodic sweep ----------------------------------------------------
     def check_timeouts(self, now: float) -> None:
         """408 for a request still being read after `read_timeout`; close a connection idle (no
-        request being read or answered) for `idle_timeout`."""
-        if self._closing or self._refused:
-            return
+        request being read or answered) for `idle_timeout`. Idle is measured from the last request
+        begun or answer written, never from other bytes: a client sending only blank lines (which
+        the parser skips) is idle. A closed connection whose client does not read its last answer
+        would stay open until the kernel took it (close() waits for the buffer to drain): after
+        `read_timeout` more it is aborted."""
         settings = self._settings
+        if self._closing:
+            if self._transport is not None and now - self._closed_at > settings.read_timeout:
+                self._transport.abort()
+            return
+        if self._refused:
+            return
         if self._in_message:
             if now - self._message_began > settings.read_timeout:
                 self._refuse(HTTPStatus.REQUEST_TIMEOUT,

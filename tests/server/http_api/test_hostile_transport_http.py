@@ -1,0 +1,92 @@
+"""Hostile clients of the HTTP transport itself, over raw sockets against the real `digits serve`:
+connections that only send blank lines, requests trickled a byte at a time, more connections than
+`--max-connections`, TLS handshakes never finished, transfer codings and request lines the server
+does not speak. Each defence is documented in docs/security.md ("What is defended over HTTP").
+
+The timing tests assert the timeouts' own semantics (closed after the idle timeout, 408 at the
+read timeout) with a margin for a loaded machine, never how fast anything is served.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.server.http_api.rest_oracle import check_error_body
+from tests.server.http_api.wire import INFER_PATH, RawClient, address, json_infer_body, request_bytes
+from tests.support.mnist import mnist_test_images
+from tests.support.server import RunningServer
+
+BAD_LOG = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b")
+IDLE_TIMEOUT = 1.5      # --http-idle-timeout of the `guarded` server
+READ_TIMEOUT = 1.5      # --http-read-timeout of the `guarded` server
+MAX_CONNECTIONS = 20    # --max-connections of the `guarded` server
+SWEEP = 0.5             # how often the front end looks at timeouts (front_end.SWEEP_INTERVAL)
+LATE = 1.0              # what a loaded machine may add to a timer
+LIVE = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[RunningServer]:
+    """One worker with short timeouts and a small connection limit, so the defences act within seconds."""
+    running = RunningServer("--workers", "1", "--http-idle-timeout", str(IDLE_TIMEOUT),
+                            "--http-read-timeout", str(READ_TIMEOUT), "--max-connections", str(MAX_CONNECTIONS))
+    yield running
+    assert running.stop() == 0, running.log[-4000:]
+    assert not BAD_LOG.search(running.log), running.log[-6000:]
+
+
+def live_answered(url: str) -> bool:
+    """A bystander on a connection of its own gets `/v2/health/live` answered 200."""
+    with RawClient(url, timeout=10) as client:
+        client.send(LIVE)
+        return client.read_response().status == 200
+
+
+def seconds_until_closed(client: RawClient, send: bytes, interval: float, limit: float) -> float | None:
+    """Sends `send` every `interval` seconds until the server closes the connection; the seconds
+    that took, or None if it was still open after `limit` seconds."""
+    started = time.monotonic()
+    for _ in range(int(limit / interval) + 1):
+        if not client.send(send) or client.closed_by_server(timeout=interval):
+            return time.monotonic() - started
+    return None
+
+
+# ----------------------------------------------------------------------------- timeouts
+
+
+@pytest.mark.parametrize("when", ["after a request", "before any request"])
+def test_a_connection_sending_only_blank_lines_is_closed_after_the_idle_timeout(guarded, when):
+    """The parser skips CRLFs between requests, so they are no progress on a request: a client
+    that sends one every 0.3 s is idle, and closed after --http-idle-timeout like a silent one."""
+    with RawClient(guarded.http_url, timeout=10) as client:
+        if when == "after a request":
+            client.send(LIVE)
+            assert client.read_response().status == 200
+        closed_after = seconds_until_closed(client, b"\r\n", 0.3, IDLE_TIMEOUT + SWEEP + LATE + 5)
+    assert closed_after is not None, "a client sending only CRLFs kept its connection open"
+    assert IDLE_TIMEOUT - 0.1 <= closed_after <= IDLE_TIMEOUT + SWEEP + LATE, closed_after
+    assert live_answered(guarded.http_url)
+
+
+def test_a_request_trickled_a_byte_at_a_time_gets_408_at_the_read_timeout(guarded):
+    """Bytes of a request keep arriving, one every 0.2 s, but the request is not whole within
+    --http-read-timeout: 408, and the connection closes."""
+    request = request_bytes(json_infer_body(mnist_test_images()[:1]))
+    with RawClient(guarded.http_url, timeout=10) as client:
+        started = time.monotonic()
+        for byte in request[:int((READ_TIMEOUT + SWEEP + LATE + 5) / 0.2)]:
+            if not client.send(bytes([byte])) or select.select([client.sock], [], [], 0.2)[0]:
+                break
+        elapsed = time.monotonic() - started
+        response = client.read_response()
+        assert response.status == 408, response
+        check_error_body(response.headers["content-type"], response.body)
+        assert client.closed_by_server()
+    assert READ_TIMEOUT - 0.1 <= elapsed <= READ_TIMEOUT + SWEEP + LATE, elapsed
