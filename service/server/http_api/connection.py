@@ -97,16 +97,22 @@ Application = Callable[[HttpRequest, Exchange], None]
 
 
 class ConnectionSettings:
-    """What every connection of one front end shares."""
+    """What every connection of one front end shares, the refusal of one too many included
+    (encoded once: a flood of connections costs no formatting)."""
 
     def __init__(self, application: Application, max_body_bytes: int, read_timeout: float,
-                 idle_timeout: float) -> None:
+                 idle_timeout: float, max_connections: int) -> None:
         self.application = application
         self.max_body_bytes = max_body_bytes
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
         self.connections: set[HttpConnection] = set()
         self.draining = False   # answer what is in flight, then close each connection
+        self.too_many = error_response(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            f"server has its limit of {max_connections} connections open (--max-connections); "
+            "retry later or elsewhere", ((b"Retry-After", b"1"),)).encode(close=True)
 
 
 class HttpConnection(asyncio.Protocol):
@@ -135,8 +141,16 @@ class HttpConnection(asyncio.Protocol):
 
     # -- asyncio ---------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Past --max-connections the connection is answered 503 and closed at once, before any
+        of its bytes are read: descriptors stay bounded however many clients connect."""
         self._transport = transport  # type: ignore[assignment]
-        self._settings.connections.add(self)
+        settings = self._settings
+        if len(settings.connections) >= settings.max_connections:
+            self._closing = True
+            transport.write(settings.too_many)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        settings.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._settings.connections.discard(self)

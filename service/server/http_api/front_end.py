@@ -93,7 +93,8 @@ class HttpFrontEnd:
             self._app = HttpApp(self.core, self._is_serving, self._token, self._config.max_concurrent_rpcs,
                                 self._config.max_receive_message_bytes, self._wake_compute)
             self._settings = ConnectionSettings(self._app, self._config.max_receive_message_bytes,
-                                                self._config.http_read_timeout, self._config.http_idle_timeout)
+                                                self._config.http_read_timeout, self._config.http_idle_timeout,
+                                                self._config.max_connections)
             loop.run_until_complete(loop.create_server(lambda: HttpConnection(self._settings), sock=self._socket,
                                                        backlog=BACKLOG, ssl=tls_context(self._config)))
         except BaseException as exc:  # noqa: BLE001 - reported to the starting thread

@@ -15,12 +15,14 @@ import socket
 import time
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
 from tests.server.http_api.rest_oracle import check_error_body
 from tests.server.http_api.wire import INFER_PATH, RawClient, address, json_infer_body, request_bytes
+from tests.support import wait_for
 from tests.support.mnist import mnist_test_images
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, connections_by_process, health_status
 
 BAD_LOG = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b")
 IDLE_TIMEOUT = 1.5      # --http-idle-timeout of the `guarded` server
@@ -39,6 +41,26 @@ def guarded() -> Iterator[RunningServer]:
     yield running
     assert running.stop() == 0, running.log[-4000:]
     assert not BAD_LOG.search(running.log), running.log[-6000:]
+
+
+@pytest.fixture(scope="module")
+def crowded() -> Iterator[RunningServer]:
+    """One worker allowed 20 HTTP connections, with the default (long) timeouts, so that the
+    connections it holds stay open while a test looks at them."""
+    running = RunningServer("--workers", "1", "--max-connections", str(MAX_CONNECTIONS))
+    yield running
+    assert running.stop() == 0, running.log[-4000:]
+    assert not BAD_LOG.search(running.log), running.log[-6000:]
+
+
+def held_connections(running: RunningServer) -> int:
+    """HTTP connections the server's worker holds, as the kernel sees them."""
+    [worker] = running.worker_pids()
+    return len(connections_by_process([worker], address(running.http_url)[1])[worker])
+
+
+def readable(client: RawClient) -> bool:
+    return bool(select.select([client.sock], [], [], 0)[0])
 
 
 def live_answered(url: str) -> bool:
@@ -90,3 +112,39 @@ def test_a_request_trickled_a_byte_at_a_time_gets_408_at_the_read_timeout(guarde
         check_error_body(response.headers["content-type"], response.body)
         assert client.closed_by_server()
     assert READ_TIMEOUT - 0.1 <= elapsed <= READ_TIMEOUT + SWEEP + LATE, elapsed
+
+
+# ----------------------------------------------------------------------------- connections
+
+
+def test_connections_past_max_connections_are_refused_503_and_bystanders_are_served(crowded):
+    """40 connections to a worker allowed 20: the last 20 are answered 503 (`Connection: close`,
+    a one-line JSON error) and closed before they send anything; the first 20 are held and each
+    still answered; once five close, a new connection is served; gRPC health is unaffected."""
+    assert wait_for(lambda: held_connections(crowded) == 0, timeout=10)
+    clients = [RawClient(crowded.http_url, timeout=10) for _ in range(2 * MAX_CONNECTIONS)]
+    try:
+        held, surplus = clients[:MAX_CONNECTIONS], clients[MAX_CONNECTIONS:]  # accepted in connect order
+        assert wait_for(lambda: all(readable(c) for c in surplus), timeout=10), "the surplus was not refused"
+        for client in surplus:
+            response = client.read_response()
+            assert response.status == 503, response
+            assert response.headers["connection"] == "close" and response.headers["retry-after"] == "1"
+            assert "--max-connections" in check_error_body(response.headers["content-type"], response.body)
+            assert client.closed_by_server()
+        assert not any(readable(c) for c in held), "a connection within the limit was refused"
+        assert held_connections(crowded) == MAX_CONNECTIONS
+        images = mnist_test_images()[:2]
+        for i, client in enumerate(held):  # each held connection is still served, a REST infer on one
+            client.send(request_bytes(json_infer_body(images, "held")) if i == 0 else LIVE)
+            response = client.read_response()
+            assert response.status == 200, response
+        for client in held[:5]:
+            client.close()
+        assert wait_for(lambda: held_connections(crowded) == MAX_CONNECTIONS - 5, timeout=10)
+        assert live_answered(crowded.http_url)
+        with grpc.insecure_channel(crowded.address) as channel:
+            assert health_status(channel) == "SERVING"
+    finally:
+        for client in clients:
+            client.close()
