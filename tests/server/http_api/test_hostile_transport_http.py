@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import select
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 
@@ -21,6 +22,8 @@ import pytest
 from tests.server.http_api.rest_oracle import check_error_body
 from tests.server.http_api.wire import INFER_PATH, RawClient, address, json_infer_body, request_bytes
 from tests.support import wait_for
+from tests.support.certificates import CertificateAuthority
+from tests.support.http import call
 from tests.support.mnist import mnist_test_images
 from tests.support.server import RunningServer, connections_by_process, health_status
 
@@ -30,6 +33,7 @@ READ_TIMEOUT = 1.5      # --http-read-timeout of the `guarded` server
 MAX_CONNECTIONS = 20    # --max-connections of the `guarded` server
 SWEEP = 0.5             # how often the front end looks at timeouts (front_end.SWEEP_INTERVAL)
 LATE = 1.0              # what a loaded machine may add to a timer
+TOKEN = "transport-s3cret"
 LIVE = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
@@ -51,6 +55,32 @@ def crowded() -> Iterator[RunningServer]:
     yield running
     assert running.stop() == 0, running.log[-4000:]
     assert not BAD_LOG.search(running.log), running.log[-6000:]
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory) -> Iterator[tuple[RunningServer, ssl.SSLContext]]:
+    """One worker serving HTTPS with a bearer token and a short read timeout, and a client
+    context that trusts its certificate."""
+    folder = tmp_path_factory.mktemp("pki")
+    authority = CertificateAuthority(folder)
+    issued = authority.issue("server", server=True)
+    (folder / "token").write_text(TOKEN)
+    running = RunningServer("--workers", "1", "--tls-cert", str(issued.cert), "--tls-key", str(issued.key),
+                            "--auth-token-file", str(folder / "token"), "--http-read-timeout", str(READ_TIMEOUT))
+    yield running, ssl.create_default_context(cafile=str(authority.issued.cert))
+    assert running.stop() == 0, running.log[-4000:]
+    assert not BAD_LOG.search(running.log), running.log[-6000:]
+
+
+def client_hello() -> bytes:
+    """The first flight of a real TLS client, made in memory."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    handshake = context.wrap_bio(incoming, outgoing, server_side=False)
+    with pytest.raises(ssl.SSLWantReadError):
+        handshake.do_handshake()
+    return outgoing.read()
 
 
 def held_connections(running: RunningServer) -> int:
@@ -148,3 +178,30 @@ def test_connections_past_max_connections_are_refused_503_and_bystanders_are_ser
     finally:
         for client in clients:
             client.close()
+
+
+# ----------------------------------------------------------------------------- TLS
+
+
+@pytest.mark.parametrize("sent", ["nothing", "half a ClientHello"])
+def test_a_tls_handshake_never_finished_is_closed_at_the_read_timeout(tls_server, sent):
+    """A TCP connection to the HTTPS port that never completes its handshake holds a descriptor
+    only until --http-read-timeout (uvloop's own default would be 60 s)."""
+    running, context = tls_server
+    hello = client_hello()
+    assert hello[0] == 0x16  # a TLS handshake record
+    with socket.create_connection(address(running.http_url.replace("https", "http")), timeout=10) as sock:
+        if sent != "nothing":
+            sock.sendall(hello[:len(hello) // 2])
+        started = time.monotonic()
+        sock.settimeout(READ_TIMEOUT + LATE + 5)
+        try:
+            leftover = sock.recv(1 << 16)
+        except TimeoutError:
+            pytest.fail("the server kept a TLS connection whose handshake never finished")
+        except ConnectionResetError:
+            leftover = b""
+        elapsed = time.monotonic() - started
+    assert leftover == b"", leftover
+    assert READ_TIMEOUT - 0.1 <= elapsed <= READ_TIMEOUT + LATE, elapsed
+    assert call(running.http_url, "GET", "/v2/health/live", context=context).status == 200
