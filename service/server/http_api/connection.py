@@ -221,9 +221,11 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes = 0
         declared = self._headers.get(b"content-length")
         limit = self._settings.max_body_bytes
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        # llhttp has checked the digits and that the value fits 64 bits, but not leading zeros: a
+        # few thousand of them would make int() raise
+        if declared is not None and declared.isdigit() and (size := int(declared.lstrip(b"0") or b"0")) > limit:
             self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                         f"request body of {int(declared)} bytes exceeds the server's limit of {limit} "
+                         f"request body of {size} bytes exceeds the server's limit of {limit} "
                          "(--max-receive-message-bytes); send fewer images per request")
             raise httptools.HttpParserError("body too large")  # stop parsing this connection
         if self._headers.get(b"expect", b"").lower() == b"100-continue" and not self._queue:

@@ -190,6 +190,68 @@ def test_rest_infer_requests_get_the_precise_status(rest, offline, served_versio
         check_error_body(headers["content-type"], body)
 
 
+# ----------------------------------------------------------------------------- inputs that once made a 500
+
+
+def deep(depth: int, leaf: bytes = b"0") -> bytes:
+    return b"[" * depth + leaf + b"]" * depth
+
+
+def infer_document(data: bytes = b"[0]", request_id: bytes = b'"x"', extra: bytes = b"") -> bytes:
+    """An infer request's JSON with `data` and `id` spliced in as raw JSON text."""
+    return (b'{"id":' + request_id + b',"inputs":[{"name":"pixels","datatype":"UINT8","shape":[1,784],"data":'
+            + data + b'}]' + extra + b'}')
+
+
+NESTED_TOO_DEEP = {
+    # _holds_booleans recursed once per level: 330 levels were a RecursionError (500)
+    "data 330 deep holding true": (infer_document(deep(330, b"true")), "holds true or false"),
+    "data 330 deep, a true elsewhere": (infer_document(deep(330), extra=b',"parameters":{"binary_data_output":true}'),
+                                        "evenly nested"),
+    "data 1000 deep": (infer_document(deep(1000)), "evenly nested"),
+    # orjson writes at most 255 levels: showing the wrong value in the message raised (500)
+    "id 300 deep": (infer_document(request_id=deep(300)), "'id' must be a string"),
+    "binary_data_output 300 deep": (infer_document(extra=b',"parameters":{"binary_data_output":' + deep(300) + b"}"),
+                                    "'binary_data_output' must be true or false"),
+}
+
+
+@pytest.mark.parametrize("name", NESTED_TOO_DEEP)
+def test_json_nested_hundreds_deep_is_400_with_a_one_line_message(rest, leaves_server_clean, name):
+    body, expected = NESTED_TOO_DEEP[name]
+    status, headers, answer = rest.request("POST", INFER_PATH, body, {"Content-Type": "application/json"})
+    assert status == 400, answer[:300]
+    message = check_error_body(headers["content-type"], answer)
+    assert expected in message and "\n" not in message, message
+    TALLY.record("wire REST deep JSON", str(status))
+
+
+@pytest.mark.parametrize("index", ["9" * 4301, "%C2%B2", "%D9%A1", "1" * 10, "-1", "1e2", "%201", "500"])
+def test_a_sample_index_that_is_not_a_small_ascii_number_is_400(rest, leaves_server_clean, index):
+    """int() raised on 4,301 digits and on '²' (str.isdigit() is true of it): both were 500s."""
+    status, headers, answer = rest.request("GET", f"/v1/samples/random?index={index}")
+    assert status == 400, answer[:300]
+    assert "index must be an integer within 0..499" in check_error_body(headers["content-type"], answer)
+    status, _, answer = rest.request("GET", "/v1/samples/random?index=0007")
+    assert status == 200 and json.loads(answer)["index"] == 7
+
+
+@pytest.mark.parametrize("length", ["0" * 5000 + "1", "9" * 4301, "\u0661", "1" * 21])
+def test_an_inference_header_length_of_thousands_of_digits_is_400(rest, leaves_server_clean, length):
+    body, headers = binary_infer_body(mnist_test_images()[:1])
+    status, answer_headers, answer = rest.request("POST", INFER_PATH, body, {
+        **headers, "Inference-Header-Content-Length": length.encode()})
+    assert status == 400, answer[:300]
+    assert "must be a byte count" in check_error_body(answer_headers["content-type"], answer)
+
+
+def test_a_content_length_with_thousands_of_leading_zeros_is_read_as_its_value(rest, leaves_server_clean):
+    body = json_infer_body(mnist_test_images()[:1], "zeros")
+    status, _, answer = rest.request("POST", INFER_PATH, body, {
+        "Content-Type": "application/json", "Content-Length": "0" * 5000 + str(len(body))})
+    assert status == 200 and json.loads(answer)["id"] == "zeros", answer[:300]
+
+
 # ----------------------------------------------------------------------------- transport
 
 
