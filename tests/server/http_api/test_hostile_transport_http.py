@@ -205,3 +205,20 @@ def test_a_tls_handshake_never_finished_is_closed_at_the_read_timeout(tls_server
     assert leftover == b"", leftover
     assert READ_TIMEOUT - 0.1 <= elapsed <= READ_TIMEOUT + LATE, elapsed
     assert call(running.http_url, "GET", "/v2/health/live", context=context).status == 200
+
+
+@pytest.mark.parametrize("authorization", [b"Bearer \xff\xfe", b"\xff\xfe", b"Bearer " + TOKEN.encode() + b"\xff",
+                                           b"Bearer \xc3\xa9t\xc3\xa9"])
+def test_an_authorization_header_that_is_not_utf8_is_401_without_a_traceback(tls_server, authorization):
+    running, context = tls_server
+    before = len(running.log_lines)
+    refused = call(running.http_url, "POST", INFER_PATH, json_infer_body(mnist_test_images()[:1]),
+                   {"Content-Type": "application/json", "Authorization": authorization}, context=context)  # type: ignore[dict-item]
+    assert refused.status == 401, refused
+    assert refused.headers["www-authenticate"].startswith("Bearer")
+    assert "bearer token" in check_error_body(refused.headers["content-type"], refused.body)
+    assert call(running.http_url, "GET", "/v2/health/live", context=context).status == 200  # health stays open
+    accepted = call(running.http_url, "POST", INFER_PATH, json_infer_body(mnist_test_images()[:1]),
+                    {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}, context=context)
+    assert accepted.status == 200, accepted
+    assert "Traceback" not in "".join(running.sync_log() and running.log_lines[before:])
