@@ -205,7 +205,17 @@ class HttpConnection(asyncio.Protocol):
         if len(self._headers) >= MAX_HEADERS:
             raise httptools.HttpParserError(f"more than {MAX_HEADERS} headers")
         self._count_header_bytes(len(name) + len(value) + 4)
-        self._headers[name.lower()] = value
+        name = name.lower()
+        if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            # llhttp undoes chunked only, and passes `gzip, chunked` on as if it were plain: a
+            # coding we do not apply is refused (RFC 9112 6.1), checked per header since the
+            # dictionary keeps only the last of repeated ones
+            self._refuse(HTTPStatus.NOT_IMPLEMENTED,
+                         f"Transfer-Encoding {value[:40].decode('latin-1')!r} is not supported; send the "
+                         "body with Content-Length or 'Transfer-Encoding: chunked' (compress it with "
+                         "Content-Encoding: gzip)")
+            raise httptools.HttpParserError("unsupported transfer coding")
+        self._headers[name] = value
 
     def _count_header_bytes(self, size: int) -> None:
         """The parsed request line and headers, however the reads cut them (data_received's own
@@ -219,6 +229,13 @@ class HttpConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._headers_done = True
         self._header_bytes = 0
+        version = self._parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            self._refuse_version(version)
+        if version == "1.0" and b"transfer-encoding" in self._headers:
+            self._refuse(HTTPStatus.BAD_REQUEST, "an HTTP/1.0 request cannot be chunked (RFC 9112 6.1); "
+                                                 "send Content-Length")
+            raise httptools.HttpParserError("HTTP/1.0 with Transfer-Encoding")
         declared = self._headers.get(b"content-length")
         limit = self._settings.max_body_bytes
         # llhttp has checked the digits and that the value fits 64 bits, but not leading zeros: a
@@ -230,6 +247,16 @@ class HttpConnection(asyncio.Protocol):
             raise httptools.HttpParserError("body too large")  # stop parsing this connection
         if self._headers.get(b"expect", b"").lower() == b"100-continue" and not self._queue:
             self._transport.write(_CONTINUE)
+
+    def _refuse_version(self, version: str) -> None:
+        """llhttp reads a request line without a version (`GET /path`, HTTP/0.9) and `HTTP/2.0`
+        as requests like any other; neither is HTTP/1.x."""
+        if version == "0.9":
+            self._refuse(HTTPStatus.BAD_REQUEST, "request line lacks 'HTTP/1.1' (HTTP/0.9 is not supported)")
+        else:
+            self._refuse(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
+                         f"HTTP/{version} is not supported in an HTTP/1.1 request line; speak HTTP/1.1")
+        raise httptools.HttpParserError("unsupported HTTP version")
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)

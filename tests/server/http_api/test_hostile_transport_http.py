@@ -9,6 +9,7 @@ read timeout) with a margin for a loaded machine, never how fast anything is ser
 
 from __future__ import annotations
 
+import gzip
 import re
 import select
 import socket
@@ -222,3 +223,57 @@ def test_an_authorization_header_that_is_not_utf8_is_401_without_a_traceback(tls
                     {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}, context=context)
     assert accepted.status == 200, accepted
     assert "Traceback" not in "".join(running.sync_log() and running.log_lines[before:])
+
+
+# ----------------------------------------------------------------------------- what is not HTTP/1.1
+
+
+def chunked_request(body: bytes, coding: bytes = b"chunked", version: bytes = b"HTTP/1.1",
+                    extra: bytes = b"") -> bytes:
+    head = (b"POST " + INFER_PATH.encode() + b" " + version + b"\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\n" + extra + b"Transfer-Encoding: " + coding + b"\r\n\r\n")
+    return head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+
+
+NOT_SPOKEN = {
+    # RFC 9112 6.1: a transfer coding the server does not understand is 501; llhttp undid only
+    # the chunking of `gzip, chunked` and passed the gzip bytes on as the body
+    "Transfer-Encoding: gzip, chunked": (chunked_request(gzip.compress(b'{"inputs": []}'), b"gzip, chunked"), 501),
+    "Transfer-Encoding: gzip": (chunked_request(b"{}", b"gzip"), 501),
+    "Transfer-Encoding: deflate, chunked": (chunked_request(b"{}", b"deflate, chunked"), 501),
+    "gzip, then chunked in another header": (chunked_request(b"{}", extra=b"Transfer-Encoding: gzip\r\n"), 501),
+    "Transfer-Encoding: identity": (chunked_request(b"{}", b"identity"), 501),
+    # RFC 9112 6.1: framing an HTTP/1.0 request by Transfer-Encoding is faulty (a valid infer body here)
+    "HTTP/1.0 and Transfer-Encoding": (chunked_request(json_infer_body(mnist_test_images()[:1]), version=b"HTTP/1.0"),
+                                       400),
+    # a request line without a version (HTTP/0.9) was answered 200
+    "no version": (b"GET /v2/health/live\r\n\r\n", 400),
+    "HTTP/0.9": (b"GET /v2/health/live HTTP/0.9\r\n\r\n", 400),
+    "HTTP/2.0 in a request line": (b"GET /v2/health/live HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n", 505),
+}
+
+
+@pytest.mark.parametrize("name", NOT_SPOKEN)
+def test_transfer_codings_and_versions_the_server_does_not_speak_are_refused(guarded, name):
+    request, expected = NOT_SPOKEN[name]
+    before = len(guarded.log_lines)
+    with RawClient(guarded.http_url) as client:
+        client.send(request)
+        response = client.read_response()
+        assert response.status == expected, response
+        assert response.headers["connection"] == "close"
+        message = check_error_body(response.headers["content-type"], response.body)
+        assert "\n" not in message
+        assert client.closed_by_server()
+    assert live_answered(guarded.http_url)
+    assert not BAD_LOG.search("".join(guarded.sync_log() and guarded.log_lines[before:]))
+
+
+@pytest.mark.parametrize("coding", [b"chunked", b"Chunked", b" chunked "])
+def test_a_chunked_body_is_still_served(guarded, coding):
+    images = mnist_test_images()[:2]
+    with RawClient(guarded.http_url) as client:
+        client.send(chunked_request(json_infer_body(images, "chunked"), coding))
+        response = client.read_response()
+        assert response.status == 200, response
+        assert response.json()["id"] == "chunked"
