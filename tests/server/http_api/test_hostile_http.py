@@ -252,6 +252,29 @@ def test_a_content_length_with_thousands_of_leading_zeros_is_read_as_its_value(r
     assert status == 200 and json.loads(answer)["id"] == "zeros", answer[:300]
 
 
+def huge_shape() -> bytes:
+    return json.dumps({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1] * 100_001,
+                                   "data": [0] * FEATURES}]}).encode()
+
+
+def huge_output_name() -> bytes:
+    document = json.loads(json_infer_body(mnist_test_images()[:1]))
+    document["outputs"] = [{"name": "x" * 200_000}]
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize("body", [huge_shape, huge_output_name])
+def test_an_error_quoting_huge_input_is_cut_to_1024_characters(rest, leaves_server_clean, body):
+    """Messages quote the input (the shape, an unknown output's name): a 100,001-dimension shape
+    made a 300 KB answer. The message is cut at 1,024 characters, ending with an ellipsis."""
+    sent = body()
+    status, headers, answer = rest.request("POST", INFER_PATH, sent, {"Content-Type": "application/json"})
+    assert status == 400, answer[:300]
+    message = check_error_body(headers["content-type"], answer)
+    assert len(message) == 1024 and message.endswith("…"), (len(message), message[:100])
+    assert len(answer) < 1200 < len(sent) // 100
+
+
 # ----------------------------------------------------------------------------- transport
 
 
