@@ -22,7 +22,7 @@ import orjson
 
 from service.contract import FEATURES, INPUT_NAME
 from service.server.core_types import InferenceRequest, InferenceResult, ModelDescription, Pending
-from service.server.errors import InvalidInput
+from service.server.errors import InferenceError, InvalidInput
 from service.server.http_api.connection import Response, json_response
 from service.server.open_inference import DATATYPES, PLATFORM, SERVER_NAME, SERVER_VERSION
 from service.server.validation import check_tensor_shape, pixels_from_bytes, pixels_from_values
@@ -37,6 +37,31 @@ EXTENSIONS = ["binary_tensor_data"]
 WHAT = f"input '{INPUT_NAME}'"
 HEADER_CACHE = 256    # distinct binary request headers remembered; real clients send a handful
 MAX_LENGTH_DIGITS = 20  # Inference-Header-Content-Length: no body is 10**20 bytes; int() of more digits raises
+
+
+# The Content-Types real clients send with an infer body; any other is surely not one (415).
+# tritonclient.http sends none; tritonclient.http.aio application/octet-stream (aiohttp's default
+# for bytes, JSON bodies included); the load tester and the page application/json or
+# application/octet-stream; `curl -d` application/x-www-form-urlencoded; fetch() with a string
+# body text/plain. Parameters (`; charset=utf-8`) and case do not matter.
+INFER_CONTENT_TYPES = frozenset((b"application/json", OCTET_STREAM, b"application/x-www-form-urlencoded",
+                                 b"text/plain"))
+
+
+class UnsupportedMediaType(InferenceError):
+    status = "INVALID_ARGUMENT"
+    http_status = 415
+
+
+def check_content_type(content_type: bytes | None) -> None:
+    """Refuses a body declared as something no infer request is (an image, a form upload, XML).
+    The usual exact values cost one set lookup."""
+    if not content_type or content_type in INFER_CONTENT_TYPES:
+        return
+    if content_type.partition(b";")[0].strip().lower() not in INFER_CONTENT_TYPES:
+        raise UnsupportedMediaType(f"Content-Type {content_type[:60].decode('latin-1')!r} is not an infer "
+                                   "request; send application/json, or application/octet-stream with "
+                                   "Inference-Header-Content-Length")
 
 
 def _field(document: dict, key: str, kind: type, what: str, default: Any = None) -> Any:

@@ -275,6 +275,32 @@ def test_an_error_quoting_huge_input_is_cut_to_1024_characters(rest, leaves_serv
     assert len(answer) < 1200 < len(sent) // 100
 
 
+# what tritonclient.http (none), tritonclient.http.aio (octet-stream, JSON too), the load tester and
+# the page (json, octet-stream), `curl -d` (form) and fetch() with a string body (text/plain) send
+SENT_BY_CLIENTS = [None, "application/json", "application/json; charset=utf-8", "Application/JSON",
+                   "application/octet-stream", "application/x-www-form-urlencoded", "text/plain;charset=UTF-8", ""]
+NOT_AN_INFER_REQUEST = ["multipart/form-data; boundary=xyz", "image/png", "text/html", "application/xml",
+                        "application/x-protobuf", "application/jsonl", "json"]
+
+
+@pytest.mark.parametrize("content_type", SENT_BY_CLIENTS + NOT_AN_INFER_REQUEST)
+def test_an_infer_body_declared_as_something_else_is_415(server, rest, leaves_server_clean, content_type):
+    """Content-Types real clients send are served; a body declared as an image, a form upload or
+    XML is 415 with a one-line message, counted like any other refused infer call."""
+    body = json_infer_body(mnist_test_images()[:1], "typed")
+    counted = 'api="kserve_v2_rest",code="INVALID_ARGUMENT",method="ModelInfer"'
+    before = server.metric("digits_requests_total", counted)
+    status, headers, answer = rest.request("POST", INFER_PATH, body,
+                                           {} if content_type is None else {"Content-Type": content_type})
+    if content_type in NOT_AN_INFER_REQUEST:
+        assert status == 415, answer[:300]
+        message = check_error_body(headers["content-type"], answer)
+        assert "application/json" in message and "\n" not in message, message
+        assert server.metric("digits_requests_total", counted) == before + 1
+    else:
+        assert status == 200 and json.loads(answer)["id"] == "typed", answer[:300]
+
+
 # ----------------------------------------------------------------------------- transport
 
 
