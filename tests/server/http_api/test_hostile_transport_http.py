@@ -3,6 +3,12 @@ connections that only send blank lines, requests trickled a byte at a time, more
 `--max-connections`, TLS handshakes never finished, transfer codings and request lines the server
 does not speak. Each defence is documented in docs/security.md ("What is defended over HTTP").
 
+Then the bars, under each attack of attacks.py sustained for a few seconds from several threads:
+the worker's memory grows by at most 50 MB, a bystander's keep-alive requests are each answered
+within a second, its descriptors stay within --max-connections, nothing is logged as an error,
+and /metrics counts exactly the infer requests that reached the application, by the status
+their clients saw.
+
 The timing tests assert the timeouts' own semantics (closed after the idle timeout, 408 at the
 read timeout) with a margin for a loaded machine, never how fast anything is served.
 """
@@ -10,23 +16,28 @@ read timeout) with a margin for a loaded machine, never how fast anything is ser
 from __future__ import annotations
 
 import gzip
+import http.client
+import os
 import re
 import select
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
 
+from tests.server.http_api.attacks import OVER_TLS, PLAIN, Outcome, Target
 from tests.server.http_api.rest_oracle import check_error_body
 from tests.server.http_api.wire import INFER_PATH, RawClient, address, json_infer_body, request_bytes
 from tests.support import wait_for
 from tests.support.certificates import CertificateAuthority
 from tests.support.http import call
 from tests.support.mnist import mnist_test_images
-from tests.support.server import RunningServer, connections_by_process, health_status
+from tests.support.server import RunningServer, connections_by_process, health_status, rss_mb
 
 BAD_LOG = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b")
 IDLE_TIMEOUT = 1.5      # --http-idle-timeout of the `guarded` server
@@ -59,16 +70,16 @@ def crowded() -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="module")
-def tls_server(tmp_path_factory) -> Iterator[tuple[RunningServer, ssl.SSLContext]]:
-    """One worker serving HTTPS with a bearer token and a short read timeout, and a client
-    context that trusts its certificate."""
+def tls_server(tmp_path_factory) -> Iterator[tuple[RunningServer, ssl.SSLContext, bytes]]:
+    """One worker serving HTTPS (and gRPC over TLS) with a bearer token and a short read timeout,
+    a client context that trusts its certificate, and the CA certificate."""
     folder = tmp_path_factory.mktemp("pki")
     authority = CertificateAuthority(folder)
     issued = authority.issue("server", server=True)
     (folder / "token").write_text(TOKEN)
     running = RunningServer("--workers", "1", "--tls-cert", str(issued.cert), "--tls-key", str(issued.key),
                             "--auth-token-file", str(folder / "token"), "--http-read-timeout", str(READ_TIMEOUT))
-    yield running, ssl.create_default_context(cafile=str(authority.issued.cert))
+    yield running, ssl.create_default_context(cafile=str(authority.issued.cert)), authority.issued.cert.read_bytes()
     assert running.stop() == 0, running.log[-4000:]
     assert not BAD_LOG.search(running.log), running.log[-6000:]
 
@@ -88,6 +99,12 @@ def held_connections(running: RunningServer) -> int:
     """HTTP connections the server's worker holds, as the kernel sees them."""
     [worker] = running.worker_pids()
     return len(connections_by_process([worker], address(running.http_url)[1])[worker])
+
+
+def logged_since(running: RunningServer, line: int) -> str:
+    """What the server has logged from its `line`-th line on, once the log reader has all of it."""
+    running.sync_log()
+    return "".join(running.log_lines[line:])
 
 
 def readable(client: RawClient) -> bool:
@@ -145,6 +162,30 @@ def test_a_request_trickled_a_byte_at_a_time_gets_408_at_the_read_timeout(guarde
     assert READ_TIMEOUT - 0.1 <= elapsed <= READ_TIMEOUT + SWEEP + LATE, elapsed
 
 
+def test_a_connection_whose_client_never_reads_its_answers_is_let_go(guarded):
+    """300 requests for 147 KB answers, none read: the server stops reading, writes what the
+    buffers take, and once idle closes the connection; close() would wait for the unread answers
+    for ever, so read_timeout later the connection is aborted and its descriptor freed."""
+    weights = b"GET /v1/weights HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    assert wait_for(lambda: held_connections(guarded) == 0, timeout=10)
+    with socket.create_connection(address(guarded.http_url), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        sock.setblocking(False)
+        pending = weights * 300
+        for _ in range(1000):  # send what the server reads; it stops reading, so this stalls
+            try:
+                pending = pending[sock.send(pending):]
+            except BlockingIOError:
+                break
+            if not pending:
+                break
+        assert wait_for(lambda: held_connections(guarded) == 1, timeout=10)  # accepted
+        let_go = IDLE_TIMEOUT + READ_TIMEOUT + 2 * SWEEP + LATE + 5
+        assert wait_for(lambda: held_connections(guarded) == 0, timeout=let_go), \
+            "the server kept a connection whose client never reads"
+    assert live_answered(guarded.http_url)
+
+
 # ----------------------------------------------------------------------------- connections
 
 
@@ -188,7 +229,7 @@ def test_connections_past_max_connections_are_refused_503_and_bystanders_are_ser
 def test_a_tls_handshake_never_finished_is_closed_at_the_read_timeout(tls_server, sent):
     """A TCP connection to the HTTPS port that never completes its handshake holds a descriptor
     only until --http-read-timeout (uvloop's own default would be 60 s)."""
-    running, context = tls_server
+    running, context, _ = tls_server
     hello = client_hello()
     assert hello[0] == 0x16  # a TLS handshake record
     with socket.create_connection(address(running.http_url.replace("https", "http")), timeout=10) as sock:
@@ -211,7 +252,7 @@ def test_a_tls_handshake_never_finished_is_closed_at_the_read_timeout(tls_server
 @pytest.mark.parametrize("authorization", [b"Bearer \xff\xfe", b"\xff\xfe", b"Bearer " + TOKEN.encode() + b"\xff",
                                            b"Bearer \xc3\xa9t\xc3\xa9"])
 def test_an_authorization_header_that_is_not_utf8_is_401_without_a_traceback(tls_server, authorization):
-    running, context = tls_server
+    running, context, _ = tls_server
     before = len(running.log_lines)
     refused = call(running.http_url, "POST", INFER_PATH, json_infer_body(mnist_test_images()[:1]),
                    {"Content-Type": "application/json", "Authorization": authorization}, context=context)  # type: ignore[dict-item]
@@ -222,7 +263,7 @@ def test_an_authorization_header_that_is_not_utf8_is_401_without_a_traceback(tls
     accepted = call(running.http_url, "POST", INFER_PATH, json_infer_body(mnist_test_images()[:1]),
                     {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}, context=context)
     assert accepted.status == 200, accepted
-    assert "Traceback" not in "".join(running.sync_log() and running.log_lines[before:])
+    assert "Traceback" not in logged_since(running, before)
 
 
 # ----------------------------------------------------------------------------- what is not HTTP/1.1
@@ -266,7 +307,7 @@ def test_transfer_codings_and_versions_the_server_does_not_speak_are_refused(gua
         assert "\n" not in message
         assert client.closed_by_server()
     assert live_answered(guarded.http_url)
-    assert not BAD_LOG.search("".join(guarded.sync_log() and guarded.log_lines[before:]))
+    assert not BAD_LOG.search(logged_since(guarded, before))
 
 
 @pytest.mark.parametrize("coding", [b"chunked", b"Chunked", b" chunked "])
@@ -277,3 +318,132 @@ def test_a_chunked_body_is_still_served(guarded, coding):
         response = client.read_response()
         assert response.status == 200, response
         assert response.json()["id"] == "chunked"
+
+
+# ----------------------------------------------------------------------------- the bars, under attack
+
+ATTACK_SECONDS = 2.5      # each attack; the bars were set for 10 s, shortened to keep CI fast
+ATTACK_THREADS = 4
+MAX_ROUNDS = 10_000       # per thread: the loop is bounded in count as well as in time
+BYSTANDER_DEADLINE = 1.0  # seconds for each of the bystander's answers
+BYSTANDER_PAUSE = 0.2
+RSS_GROWTH_MB = 50
+INFER_COUNT = re.compile(r'^digits_requests_total\{api="kserve_v2_rest",code="(\w+)",method="ModelInfer"\} (\S+)$',
+                         re.MULTILINE)
+
+
+def infer_counts(running: RunningServer) -> Counter[str]:
+    """The REST infer calls the server has counted, by `code`."""
+    return Counter({code: int(float(value)) for code, value in INFER_COUNT.findall(running.metrics_text())})
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class Bystander:
+    """A well-behaved client on a keep-alive connection opened before the attack: one REST infer
+    every 0.2 s, each of which must be answered correctly within a second."""
+
+    def __init__(self, target: Target) -> None:
+        host, port = address(target.url.replace("https", "http"))
+        self._connection = (http.client.HTTPSConnection(host, port, timeout=BYSTANDER_DEADLINE, context=target.context)
+                            if target.context else http.client.HTTPConnection(host, port, timeout=BYSTANDER_DEADLINE))
+        self._headers = {"Content-Type": "application/json"}
+        if target.token:
+            self._headers["Authorization"] = f"Bearer {target.token}"
+        self._body = json_infer_body(mnist_test_images()[:1], "bystander")
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.call()  # connected and served before the attack begins, so it is within any limit
+        assert not self.errors, self.errors
+
+    def call(self) -> None:
+        started = time.monotonic()
+        try:
+            self._connection.request("POST", INFER_PATH, self._body, self._headers)
+            response = self._connection.getresponse()
+            body = response.read()
+        except OSError as exc:
+            self.errors.append(f"bystander not answered within {BYSTANDER_DEADLINE} s: {exc!r}")
+            return
+        self.latencies.append(time.monotonic() - started)
+        if response.status != 200 or b'"bystander"' not in body:
+            self.errors.append(f"bystander got {response.status}: {body[:200]!r}")
+
+    def run(self, deadline: float) -> None:
+        for _ in range(MAX_ROUNDS):
+            if time.monotonic() >= deadline or self.errors:
+                break
+            self.call()
+            time.sleep(BYSTANDER_PAUSE)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def sustain(attack: Callable[[Target], list[Outcome]], target: Target, deadline: float,
+            outcomes: list[Outcome], errors: list[str], lock: threading.Lock) -> None:
+    """Rounds of `attack` back to back until `deadline`; what it finds wrong goes to `errors`."""
+    for _ in range(MAX_ROUNDS):
+        if time.monotonic() >= deadline:
+            return
+        try:
+            seen = attack(target)
+        except Exception as exc:  # noqa: BLE001 - reported by the test, in its own thread
+            with lock:
+                errors.append(f"{attack.__name__}: {exc!r}")
+            return
+        with lock:
+            outcomes.extend(seen)
+
+
+@pytest.mark.parametrize("name", [*PLAIN, *OVER_TLS])
+def test_under_each_attack_memory_a_bystander_the_log_and_the_metrics_hold(request, name):
+    if name in PLAIN:
+        attack, running = PLAIN[name], request.getfixturevalue("guarded")
+        target, limit, authority = Target(running.http_url, IDLE_TIMEOUT, READ_TIMEOUT), MAX_CONNECTIONS, b""
+    else:
+        attack, (running, context, authority) = OVER_TLS[name], request.getfixturevalue("tls_server")
+        target, limit = Target(running.http_url, 75.0, READ_TIMEOUT, context, TOKEN), 400
+    [worker] = running.worker_pids()
+    assert wait_for(lambda: held_connections(running) == 0, timeout=10)
+    counts_before, log_before = infer_counts(running), len(running.log_lines)
+    bystander = Bystander(target)
+    rss_before, fds_before = rss_mb(worker), open_descriptors(worker)
+    outcomes: list[Outcome] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + ATTACK_SECONDS
+    threads = [threading.Thread(target=sustain, args=(attack, target, deadline, outcomes, errors, lock), daemon=True)
+               for _ in range(ATTACK_THREADS)]
+    threads.append(threading.Thread(target=bystander.run, args=(deadline,), daemon=True))
+    for thread in threads:
+        thread.start()
+    fds_peak = fds_before
+    for _ in range(int((ATTACK_SECONDS + 2 * ATTACK_SECONDS + IDLE_TIMEOUT + 10) / 0.05)):
+        fds_peak = max(fds_peak, open_descriptors(worker))
+        if not any(thread.is_alive() for thread in threads):
+            break
+        time.sleep(0.05)
+    bystander.close()
+    assert not any(thread.is_alive() for thread in threads), "an attack thread did not stop"
+    assert not errors, errors[:5]
+    assert not bystander.errors, bystander.errors
+    assert outcomes and bystander.latencies
+    assert max(bystander.latencies) <= BYSTANDER_DEADLINE, max(bystander.latencies)
+    assert wait_for(lambda: held_connections(running) == 0, timeout=10)
+    grown = rss_mb(worker) - rss_before
+    counted = Counter(o.counted for o in outcomes if o.counted) + Counter(OK=len(bystander.latencies))
+    statuses = Counter(o.status for o in outcomes)
+    print(f"\n{name}: {dict(statuses)}; bystander {len(bystander.latencies)} answers, slowest "
+          f"{max(bystander.latencies):.3f} s; RSS {rss_before:.1f} MB {grown:+.1f} MB; "
+          f"descriptors {fds_before} -> peak {fds_peak}")
+    assert grown <= RSS_GROWTH_MB, f"worker RSS grew {grown:.1f} MB under {name}"
+    assert fds_peak <= fds_before + limit + ATTACK_THREADS, (fds_before, fds_peak)
+    assert infer_counts(running) - counts_before == counted
+    logged = logged_since(running, log_before)
+    assert not BAD_LOG.search(logged), logged[:4000]
+    with (grpc.secure_channel(running.address, grpc.ssl_channel_credentials(authority)) if target.context
+          else grpc.insecure_channel(running.address)) as channel:
+        assert health_status(channel) == "SERVING"
