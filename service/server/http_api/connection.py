@@ -6,8 +6,10 @@ answered first), limits on header and body sizes (431, 413), `Expect: 100-contin
 and idle timeouts that keep slow or silent clients from holding a connection (408), reading
 paused while the client does not read its answers, and the cancellation of requests whose
 client went away. Only progress on a request counts as activity: bytes the parser skips (blank
-lines between requests) do not keep a connection open. It knows nothing of inference: the application gets an `HttpRequest` and an
-`Exchange` to answer, now or later.
+lines between requests) do not keep a connection open. It refuses what llhttp would pass on but
+we do not speak (transfer codings other than chunked, request lines that are not HTTP/1.x) and,
+past `max_connections`, new connections. It knows nothing of inference: the application gets an
+`HttpRequest` and an `Exchange` to answer, now or later.
 """
 
 from __future__ import annotations
