@@ -33,6 +33,7 @@ class ServeConfig:
     max_queue_size: int = 8192
     max_queue_delay_us: int = 0
     max_concurrent_rpcs: int = 256
+    max_connections: int = 400             # per worker and protocol: 2 x 400 + listeners fit `ulimit -n` 1024
     max_receive_message_bytes: int = 16 * 1024 * 1024
     max_send_message_bytes: int = 16 * 1024 * 1024
     max_connection_age: float = 0.0        # seconds; 0 keeps connections for ever
@@ -69,6 +70,8 @@ HELP = {
     "max_concurrent_rpcs": "most inference calls (stream messages included) one worker handles at once on each "
                            "of gRPC and HTTP; more get RESOURCE_EXHAUSTED / 429 (about as many may wait in gRPC "
                            "core, which sheds the rest)",
+    "max_connections": "most client connections one worker keeps open on each of gRPC and HTTP; past it new "
+                       "connections are refused (HTTP: 503 and closed)",
     "max_receive_message_bytes": "largest request message (gRPC) or body (HTTP, else 413) accepted",
     "max_send_message_bytes": "largest response message sent",
     "max_connection_age": "close client connections after this many seconds so clients rebalance (0: never)",

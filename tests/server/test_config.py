@@ -46,3 +46,11 @@ def test_help_lists_every_flag_with_its_environment_variable():
     for f in fields(config.ServeConfig):
         assert "--" + f.name.replace("_", "-") in text
         assert config.env_name(f.name) in text.replace("\n", " ").replace("  ", "")
+
+
+def test_max_connections_leaves_room_for_both_protocols_under_a_1024_descriptor_limit():
+    """Two protocols at the default limit, plus listeners, model files, metrics and pipes, fit `ulimit -n` 1024."""
+    assert parse([], {}).max_connections == 400
+    assert 2 * config.ServeConfig.max_connections + 100 <= 1024
+    assert parse([], {"DIGITS_MAX_CONNECTIONS": "20"}).max_connections == 20
+    assert parse(["--max-connections", "7"], {"DIGITS_MAX_CONNECTIONS": "20"}).max_connections == 7

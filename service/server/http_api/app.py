@@ -93,9 +93,7 @@ class HttpApp:
         if match is not None:
             name, version, action = match
             if action == "/infer":
-                self._observed("ModelInfer", request, exchange, b"POST",
-                               lambda: self._v2.infer(name, version, self._body(request),
-                                                      request.headers.get(kserve_v2_rest.HEADER_LENGTH)))
+                self._observed("ModelInfer", request, exchange, b"POST", lambda: self._infer(request, name, version))
             elif action == "/ready":
                 self._observed("ModelReady", request, exchange, b"GET", lambda: self._model_ready(name, version))
             else:
@@ -124,6 +122,11 @@ class HttpApp:
             if len(self._paths) < PATHS_REMEMBERED:
                 self._paths[raw_path] = resolved
         return resolved
+
+    def _infer(self, request: HttpRequest, name: str, version: str) -> Pending:
+        headers = request.headers
+        kserve_v2_rest.check_content_type(headers.get(b"content-type"))  # before decompressing the body
+        return self._v2.infer(name, version, self._body(request), headers.get(kserve_v2_rest.HEADER_LENGTH))
 
     def _body(self, request: HttpRequest) -> bytes:
         return decoded_body(request.body, request.headers.get(b"content-encoding"), self._max_body)

@@ -93,9 +93,15 @@ class HttpFrontEnd:
             self._app = HttpApp(self.core, self._is_serving, self._token, self._config.max_concurrent_rpcs,
                                 self._config.max_receive_message_bytes, self._wake_compute)
             self._settings = ConnectionSettings(self._app, self._config.max_receive_message_bytes,
-                                                self._config.http_read_timeout, self._config.http_idle_timeout)
+                                                self._config.http_read_timeout, self._config.http_idle_timeout,
+                                                self._config.max_connections)
+            context = tls_context(self._config)
+            # A client that opens a connection and never finishes the TLS handshake (or the closing
+            # one) would hold a descriptor for uvloop's 60 s (30 s): it gets the read timeout instead.
+            deadline = self._config.http_read_timeout if context is not None else None
             loop.run_until_complete(loop.create_server(lambda: HttpConnection(self._settings), sock=self._socket,
-                                                       backlog=BACKLOG, ssl=tls_context(self._config)))
+                                                       backlog=BACKLOG, ssl=context, ssl_handshake_timeout=deadline,
+                                                       ssl_shutdown_timeout=deadline))
         except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
             self._failure = exc
             self._ready.set()

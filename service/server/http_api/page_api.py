@@ -31,6 +31,7 @@ ROUTES = (PREPROCESS, WEIGHTS, SAMPLES)
 PAGE_DIR = Path(__file__).with_name("page")
 SAMPLE_DIR = Path(__file__).with_name("mnist_sample")
 MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_INDEX_DIGITS = 9   # ?index=: int() of a 4,301-digit string raises, so longer ones are refused first
 CONTENT_TYPES = {".html": b"text/html; charset=utf-8", ".js": b"text/javascript; charset=utf-8",
                  ".css": b"text/css; charset=utf-8", ".png": b"image/png", ".svg": b"image/svg+xml",
                  ".ico": b"image/x-icon"}
@@ -87,12 +88,13 @@ class Samples:
         self._random = np.random.default_rng(seed)
 
     def random(self, query: dict[str, str]) -> Response:
-        """`?index=k` picks one (for tests and links); otherwise a random one."""
+        """`?index=k` picks one (for tests and links); otherwise a random one. `k` is ASCII digits
+        only: str.isdigit() is also true of '²', which int() refuses."""
         count = len(self._labels)
         text = query.get("index")
         if text is None:
             index = int(self._random.integers(count))
-        elif text.isdigit() and int(text) < count:
+        elif len(text) <= MAX_INDEX_DIGITS and text.isascii() and text.isdigit() and int(text) < count:
             index = int(text)
         else:
             raise InvalidInput(f"index must be an integer within 0..{count - 1}, got {text[:20]!r}")
