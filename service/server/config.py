@@ -38,7 +38,6 @@ class ServeConfig:
     max_send_message_bytes: int = 16 * 1024 * 1024
     max_connection_age: float = 0.0        # seconds; 0 keeps connections for ever
     max_concurrent_streams: int = 256      # HTTP/2 streams (calls) one gRPC connection may have open
-    max_connections: int = 400             # client connections per worker, on each of gRPC and HTTP
     grpc_read_timeout: float = 30.0        # seconds a gRPC call has to send its (first) request message
     http_read_timeout: float = 30.0        # seconds a client has to send one whole HTTP request
     http_idle_timeout: float = 75.0        # seconds an idle HTTP keep-alive connection stays open
@@ -70,15 +69,14 @@ HELP = {
     "max_concurrent_rpcs": "most inference calls (stream messages included) one worker handles at once on each "
                            "of gRPC and HTTP; more get RESOURCE_EXHAUSTED / 429 (about as many may wait in gRPC "
                            "core, which sheds the rest)",
-    "max_connections": "most client connections one worker keeps open on each of gRPC and HTTP; past it new "
-                       "connections are refused (HTTP: 503 and closed)",
     "max_receive_message_bytes": "largest request message (gRPC) or body (HTTP, else 413) accepted",
     "max_send_message_bytes": "largest response message sent",
     "max_connection_age": "close client connections after this many seconds so clients rebalance (0: never)",
     "max_concurrent_streams": "most gRPC calls one client connection may have open at once (HTTP/2 "
                               "MAX_CONCURRENT_STREAMS); more are refused (REFUSED_STREAM, clients retry)",
     "max_connections": "most client connections one worker keeps open on each of gRPC and HTTP; past it new "
-                       "connections are refused (size `ulimit -n` above twice this)",
+                       "connections are refused (gRPC: closed at once; HTTP: 503 and closed); size `ulimit -n` above "
+                       "twice this",
     "grpc_read_timeout": "seconds a gRPC call has to send its request message (a stream: its first one); "
                          "slower ones end DEADLINE_EXCEEDED",
     "http_read_timeout": "seconds a client has to send one whole HTTP request; slower ones get 408",

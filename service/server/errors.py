@@ -7,6 +7,15 @@ both APIs report every failure identically by construction.
 
 from __future__ import annotations
 
+# An error's message may quote what the client sent (a shape of 100,001 dimensions made a 300 KB
+# answer, more than a gRPC client accepts as trailers): every message a client receives is cut here.
+MAX_MESSAGE_CHARS = 1024
+
+
+def bounded(message: str) -> str:
+    """`message`, cut to MAX_MESSAGE_CHARS and then ending with "…"."""
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS - 1] + "…"
+
 
 class InferenceError(Exception):
     """Base class: `status` is the name of the grpc.StatusCode the client receives."""

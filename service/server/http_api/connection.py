@@ -23,11 +23,12 @@ from http import HTTPStatus
 import httptools
 import orjson
 
+from service.server.errors import bounded
+
 
 MAX_HEADER_BYTES = 64 * 1024     # request line and headers of one request
 MAX_HEADERS = 100
 PIPELINE_DEPTH = 64              # requests of one connection answered concurrently; more wait to be read
-MAX_MESSAGE_CHARS = 1024         # of an error's message, which may quote the client's input
 JSON = b"application/json"
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -65,10 +66,9 @@ def json_response(document: object, status: int = 200, headers: tuple[tuple[byte
 def error_response(status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> Response:
     """`{"error": "..."}`, what Triton and KServe answer and what tritonclient reads. Every error
     answer is made here, so this is the one place its size is bounded: messages quote what the
-    client sent (a shape of 100,001 dimensions made a 300 KB answer), and are cut to
-    MAX_MESSAGE_CHARS, ending with "…"."""
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[:MAX_MESSAGE_CHARS - 1] + "…"
+    client sent (a shape of 100,001 dimensions made a 300 KB answer), and are cut by
+    `errors.bounded`."""
+    message = bounded(message)
     return json_response({"error": message}, status, headers)
 
 

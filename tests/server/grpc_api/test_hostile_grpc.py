@@ -144,3 +144,19 @@ def test_a_unary_call_without_a_message_is_invalid_and_not_counted(server):
     finally:
         conn.close()
     assert requests_by_code(server.metrics_text()) == before
+
+
+def test_an_error_quoting_a_huge_input_is_cut_to_a_line(server):
+    """A shape of 100,001 dimensions is quoted in the error: the status message stays at most
+    1,024 characters (uncut, its 300 KB would exceed what a gRPC client accepts as trailers)."""
+    import grpc
+    from service.generated.inference import grpc_predict_v2_pb2 as pb
+    from service.generated.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+    request = pb.ModelInferRequest.FromString(infer_message())
+    request.inputs[0].shape[:] = [1] * 100_001
+    with grpc.insecure_channel(server.address) as channel:
+        with pytest.raises(grpc.RpcError) as failure:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.value.details().startswith("input 'pixels' has shape [1, 1, 1")
+    assert len(failure.value.details()) <= 1024 and failure.value.details().endswith("…")
