@@ -127,11 +127,15 @@ class ServingLoop:
             call = next(iter(awaiting))
             if awaiting[call] > now:
                 return
-            del awaiting[call]
-            self._streams.discard(call)
-            call.user_data = None   # never admitted nor counted: nothing to observe when it ends
-            call.fail(grpc.StatusCode.DEADLINE_EXCEEDED,
-                      f"no request message within {self._read_timeout:g} s (--grpc-read-timeout)")
+            self._end_unread(call, grpc.StatusCode.DEADLINE_EXCEEDED,
+                             f"no request message within {self._read_timeout:g} s (--grpc-read-timeout)")
+
+    def _end_unread(self, call: Call, code: grpc.StatusCode, message: str) -> None:
+        """Ends a call that has sent no request: never admitted nor counted, nothing to observe."""
+        del self._awaiting[call]
+        self._streams.discard(call)
+        call.user_data = None
+        call.fail(code, message)
 
     def set_serving(self, serving: bool) -> None:
         """Health for every service, told to every Watch subscriber."""
@@ -147,6 +151,8 @@ class ServingLoop:
         for call in self._health.watchers():
             self._health.unwatch(call)
             call.finish(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        for call in list(self._awaiting):   # no request sent yet: nothing of theirs is lost
+            self._end_unread(call, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         return self._transport.drain(grace, self._drain_turn)
 
     def _drain_turn(self, events: list) -> None:
@@ -200,7 +206,9 @@ class ServingLoop:
             else:
                 self._stream_message(call, state, data)
                 self._read_more(call, state)
-        elif data is not None:  # Kind.WATCH: its one request; nothing more is read
+        elif data is None:  # Kind.WATCH half-closed without its request
+            call.fail(*status_of(InvalidInput("the client sent no request message")))
+        else:               # Kind.WATCH: its one request; nothing more is read
             try:
                 call.send(self._health.watch(call, data))
             except InferenceError as exc:
@@ -264,8 +272,8 @@ class ServingLoop:
         if len(reply) > self._max_send:
             self._fail(call, state, self._too_large(len(reply)))
             return
+        self._observe(state, "OK")   # counted first: a scrape after the answer always sees it
         call.reply(reply)
-        self._observe(state, "OK")
 
     def _too_large(self, size: int) -> Overloaded:
         return Overloaded(f"response of {size} bytes exceeds the server's limit of {self._max_send} "
@@ -335,8 +343,8 @@ class ServingLoop:
         if len(reply) > self._max_send:
             self._stream_failure(call, state, message, self._too_large(len(reply)))
             return
+        self._end_message(state, message, code)   # counted before it is sent, as unary calls are
         call.send(reply)
-        self._end_message(state, message, code)
         self._read_more(call, state)
         self._maybe_finish_stream(call, state)
 

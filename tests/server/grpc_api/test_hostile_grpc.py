@@ -160,3 +160,39 @@ def test_an_error_quoting_a_huge_input_is_cut_to_a_line(server):
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert failure.value.details().startswith("input 'pixels' has shape [1, 1, 1")
     assert len(failure.value.details()) <= 1024 and failure.value.details().endswith("…")
+
+
+WATCH = "/grpc.health.v1.Health/Watch"
+
+
+def test_a_watch_that_half_closes_without_its_request_is_answered(server):
+    conn = RawH2(port_of(server))
+    try:
+        stream_id = conn.open_call(WATCH)   # HEADERS with END_STREAM: no request
+        assert conn.wait(lambda: conn.streams[stream_id].ended, 5)
+        result = conn.streams[stream_id]
+        assert (result.grpc_status, result.grpc_message) == (3, "the client sent no request message")
+    finally:
+        conn.close()
+
+
+def test_calls_without_a_request_do_not_hold_a_drain():
+    """A Watch (and a unary call) that sent nothing is ended UNAVAILABLE when the drain begins,
+    so the worker exits at once, not after the whole grace period."""
+    import signal
+    running = RunningServer("--workers", "1", "--no-http", "--grace-period", "20")
+    conn = RawH2(port_of(running))
+    try:
+        watch, unary = conn.open_call(WATCH, end_stream=False), conn.open_call(INFER, end_stream=False)
+        conn.pump(0.3)
+        began = time.monotonic()
+        running.signal(signal.SIGTERM)
+        assert running.wait_exit(15) == 0
+        assert time.monotonic() - began < 5, "a call without a request held the drain"
+        assert conn.wait(lambda: conn.streams[watch].ended and conn.streams[unary].ended, 5) or conn.closed
+        for stream_id in (watch, unary):
+            if conn.streams[stream_id].grpc_status is not None:
+                assert conn.streams[stream_id].grpc_status == 14   # UNAVAILABLE "server is shutting down"
+    finally:
+        conn.close()
+        running.stop()
