@@ -22,8 +22,10 @@ from PIL import Image, UnidentifiedImageError
 from service.client.mnist_files import load_test_set
 from service.client.preprocess import PreprocessError, preprocess_float32
 from service.contract import IMAGE_SIDE
+from service.server.core_types import ModelDescription
 from service.server.errors import InvalidInput, ModelNotFound
 from service.server.http_api.connection import Response, json_response
+from service.server.http_api.weights import FirstLayers
 
 API = "digits_rest"
 PREPROCESS, WEIGHTS, SAMPLES = "/v1/preprocess", "/v1/weights", "/v1/samples/random"
@@ -71,10 +73,11 @@ def preprocess(body: bytes) -> Response:
     return json_response({"pixels": pixels.reshape(-1), "shape": [IMAGE_SIDE, IMAGE_SIDE]})
 
 
-def weights(model) -> Response:
-    if model.first_layer is None:
+def weights(model: ModelDescription, layers: FirstLayers) -> Response:
+    layer = layers.of(model)
+    if layer is None:
         raise ModelNotFound(f"model {model.name} version {model.version} has no first dense layer to show")
-    matrix, biases = model.first_layer
+    matrix, biases = layer
     return json_response({"model_name": model.name, "model_version": model.version, "layer": "activation_1",
                   "shape": [len(matrix), IMAGE_SIDE, IMAGE_SIDE], "weights": matrix.reshape(-1),
                   "biases": biases})
