@@ -44,14 +44,24 @@ class Unauthenticated(InferenceError):
 
 
 class MethodNotAllowed(InferenceError):
+    """The endpoint exists but takes another method; the 405 says which in `Allow` (RFC 9110 15.5.6)."""
+
     status = "UNIMPLEMENTED"
     http_status = 405
+
+    def __init__(self, allowed: bytes, what: str = "this endpoint") -> None:
+        super().__init__(f"{what} takes {allowed.decode()}")
+        # HEAD is answered wherever GET is
+        self.allow = b"GET, HEAD" if allowed == b"GET" else allowed
 
 
 def failure_response(exc: BaseException) -> tuple[str, Response]:
     """(status name for the metrics, the response) for any failure."""
     code, status, message = failure_of(exc)
-    headers = RETRY_AFTER if status in (429, 503) else CHALLENGE if status == 401 else ()
+    if isinstance(exc, MethodNotAllowed):
+        headers: tuple[tuple[bytes, bytes], ...] = ((b"Allow", exc.allow),)
+    else:
+        headers = RETRY_AFTER if status in (429, 503) else CHALLENGE if status == 401 else ()
     return code, error_response(status, message, headers)
 
 
@@ -132,7 +142,7 @@ class HttpApp:
 
     def _health(self, path: str, method: bytes) -> Response:
         if method != b"GET":
-            raise MethodNotAllowed(f"{path} takes GET")
+            raise MethodNotAllowed(b"GET", path)
         if path == "/v2/health/live":
             return LIVE
         if path == "/v2/health/ready":
@@ -151,7 +161,7 @@ class HttpApp:
     def _plain(exchange: Exchange, method: bytes, allowed: bytes, answer: Callable[[], Response]) -> None:
         try:
             if method != allowed:
-                raise MethodNotAllowed(f"this endpoint takes {allowed.decode()}")
+                raise MethodNotAllowed(allowed)
             exchange.respond(answer())
         except Exception as exc:  # noqa: BLE001
             exchange.respond(failure_response(exc)[1])
@@ -162,7 +172,7 @@ class HttpApp:
         counted and answered once; the client leaving cancels it."""
         def checked_answer() -> Response | Pending:
             if request.method != allowed:
-                raise MethodNotAllowed(f"this endpoint takes {allowed.decode()}")
+                raise MethodNotAllowed(allowed)
             return answer()
 
         inference = self._policy.serve(self._observers[name], request.started, checked_answer, exchange.respond,

@@ -143,6 +143,7 @@ class HttpConnection(asyncio.Protocol):
         self._headers: dict[bytes, bytes] = {}
         self._header_bytes = 0             # bytes fed since the last request's headers ended
         self._parsed_header_bytes = 0      # request line and headers as parsed
+        self._hosts = 0                    # Host headers seen (RFC 9112 3.2: exactly one)
         self._headers_done = False
         self._body: list[bytes] = []
         self._body_bytes = 0
@@ -201,6 +202,7 @@ class HttpConnection(asyncio.Protocol):
         self._url = b""
         self._headers = {}
         self._parsed_header_bytes = 0
+        self._hosts = 0
         self._headers_done = False
         self._body = []
         self._body_bytes = 0
@@ -223,6 +225,8 @@ class HttpConnection(asyncio.Protocol):
                          "body with Content-Length or 'Transfer-Encoding: chunked' (compress it with "
                          "Content-Encoding: gzip)")
             raise httptools.HttpParserError("unsupported transfer coding")
+        if name == b"host":
+            self._hosts += 1
         self._headers[name] = value
 
     def _count_header_bytes(self, size: int) -> None:
@@ -240,6 +244,10 @@ class HttpConnection(asyncio.Protocol):
         version = self._parser.get_http_version()
         if version != "1.1" and version != "1.0":
             self._refuse_version(version)
+        if self._hosts > 1 or (self._hosts == 0 and version == "1.1"):
+            self._refuse(HTTPStatus.BAD_REQUEST, f"an HTTP/1.1 request needs exactly one Host header "
+                                                 f"(RFC 9112 3.2), this one has {self._hosts}")
+            raise httptools.HttpParserError("Host header missing or repeated")
         if version == "1.0" and b"transfer-encoding" in self._headers:
             self._refuse(HTTPStatus.BAD_REQUEST, "an HTTP/1.0 request cannot be chunked (RFC 9112 6.1); "
                                                  "send Content-Length")

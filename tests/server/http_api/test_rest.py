@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -112,6 +113,25 @@ def test_compressed_bodies_are_bounded_and_unknown_encodings_refused(server):
     assert reply.status == 415 and "not supported" in error_of(reply)
     reply = call(server.http_url, "POST", INFER, gzip.compress(body)[:-20], {"Content-Encoding": "gzip"})
     assert reply.status == 400, reply
+
+
+@pytest.mark.parametrize("method, path, allow", [
+    ("GET", INFER, "POST"), ("POST", "/v2/health/ready", "GET, HEAD"), ("PUT", f"/v2/models/{MODEL_NAME}", "GET, HEAD"),
+    ("DELETE", "/v2", "GET, HEAD"), ("GET", "/v1/preprocess", "POST"), ("POST", "/v1/weights", "GET, HEAD"),
+])
+def test_every_405_says_what_is_allowed(server, method, path, allow):
+    reply = call(server.http_url, method, path, b"" if method != "GET" else None)
+    assert reply.status == 405 and reply.headers["allow"] == allow, reply
+
+
+@pytest.mark.parametrize("hosts", [[], ["a", "b"]], ids=["none", "two"])
+def test_an_http_1_1_request_needs_exactly_one_host(server, hosts):
+    port = int(server.http_url.rsplit(":", 1)[1])
+    head = "GET /v2/health/live HTTP/1.1\r\n" + "".join(f"Host: {h}\r\n" for h in hosts) + "\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        answer = sock.makefile("rb").read()
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"exactly one Host header" in answer, answer[:300]
 
 
 def test_head_answers_like_get_without_the_body(server):
