@@ -5,8 +5,8 @@ computes what is ready and calls each request's `done`. Only `reload_if_changed`
 on the repository watcher's thread: it loads a new version there and hands it over, and the loop
 swaps it in at its next `compute_due`.
 
-Both gRPC APIs are thin adapters over this class, so they behave identically by construction. It
-knows nothing of protobuf or gRPC: requests and results are the plain dataclasses of
+Every API (digits.v1 and V2, over gRPC and REST) is a thin adapter over this class, so they behave
+identically by construction. It knows nothing of protobuf, gRPC or HTTP: requests and results are the plain dataclasses of
 `core_types`, and failures are the exceptions of `errors`.
 """
 

@@ -1,8 +1,9 @@
 """The inference core's error family.
 
-The core speaks NumPy and plain Python; it never knows about gRPC. Each error class names the
-gRPC status it becomes, and `service.server.grpc_api.status` is the one place that turns them into statuses, so
-both APIs report every failure identically by construction.
+The core speaks NumPy and plain Python; it never knows about gRPC or HTTP. Each error class names
+the gRPC status it becomes; `grpc_api/status.py` turns them into gRPC statuses and
+`http_api/status.py` into HTTP statuses (one table each), so every API, over either protocol,
+reports every failure alike by construction.
 """
 
 from __future__ import annotations
