@@ -1,7 +1,7 @@
 """The page at `/` and the three small JSON endpoints it uses beside the standard infer.
 
 `POST /v1/preprocess` runs the one MNIST-style preprocessing `digits classify` uses
-(`service.client.preprocess`) on a drawing, so the page shows exactly what the network receives
+(`service.shared.preprocess`) on a drawing, so the page shows exactly what the network receives
 and no second implementation exists in JavaScript. `GET /v1/weights` gives the first layer's
 weights, the lesson's picture of what pixel pattern each neuron looks for. `GET
 /v1/samples/random` gives an image of `mnist_sample/` (the first 500 MNIST test images, shipped
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.client.mnist_files import load_test_set
-from service.client.preprocess import PreprocessError, preprocess_float32
+from service.shared.mnist_files import load_test_set
+from service.shared.preprocess import PreprocessError, preprocess_float32
 from service.contract import IMAGE_SIDE
 from service.server.core_types import ModelDescription
 from service.server.errors import InvalidInput, ModelNotFound

@@ -20,7 +20,7 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-from service.client.preprocess import preprocess_float32
+from service.shared.preprocess import preprocess_float32
 from tests.support import MODEL_NAME, wait_for
 from tests.support.certificates import CertificateAuthority
 from tests.support.http import Reply, binary_infer_body, binary_outputs, call, json_outputs
