@@ -274,7 +274,8 @@ class KServeV2Rest:
             except orjson.JSONDecodeError as exc:
                 raise InvalidInput(f"request body is not valid JSON: {exc}") from None
         if not isinstance(document, dict):
-            raise InvalidInput('the repository index request body must be empty or a JSON object such as {"ready": true}')
+            raise InvalidInput("the repository index request body must be empty or a JSON object "
+                               'such as {"ready": true}')
         ready = _field(document, "ready", bool, "request", False)
         return json_response(repository_index(self._core, "", ready))
 
