@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 from service.generated.inference import grpc_predict_v2_pb2 as ours
+from service.generated.inference import model_config_pb2 as our_config
 from tests.support import REPO
-from tests.support.descriptor_shape import describe
+from tests.support.descriptor_shape import describe, enum_values
 
 sys.path.insert(0, str(REPO / "proto"))
 import generate  # noqa: E402
@@ -26,12 +27,14 @@ def test_generated_code_is_fresh(tmp_path):
 
 TRITON_SIDE = """
 import json, sys
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import model_config_pb2, service_pb2
 sys.path.insert(0, sys.argv[1])
-from tests.support.descriptor_shape import describe
+from tests.support.descriptor_shape import describe, enum_values
 out = {}
-for message in service_pb2.DESCRIPTOR.message_types_by_name.values():
-    out.update(describe(message))
+for module in (service_pb2, model_config_pb2):
+    for message in module.DESCRIPTOR.message_types_by_name.values():
+        out.update(describe(message))
+    out.update(enum_values(module.DESCRIPTOR))
 print(json.dumps(out))
 """
 
@@ -41,8 +44,10 @@ def test_open_inference_messages_are_wire_compatible_with_tritonclient():
     assert run.returncode == 0, run.stderr
     theirs = json.loads(run.stdout)
     mine = {}
-    for message in ours.DESCRIPTOR.message_types_by_name.values():
-        mine.update(describe(message))
+    for module in (ours, our_config):
+        for message in module.DESCRIPTOR.message_types_by_name.values():
+            mine.update(describe(message))
+        mine.update(enum_values(module.DESCRIPTOR))
     for name, fields in mine.items():
         assert name in theirs, name
         their_fields = {tuple(f[:2]): f for f in map(tuple, theirs[name])}
@@ -50,7 +55,9 @@ def test_open_inference_messages_are_wire_compatible_with_tritonclient():
             assert their_fields.get(tuple(field[:2])) == tuple(field), f"{name}.{field[0]} differs from Triton's"
     their_service = json.loads(subprocess.run(
         [sys.executable, "-c", "import json; from tritonclient.grpc import service_pb2 as s; "
-         "print(json.dumps([m.name for m in s.DESCRIPTOR.services_by_name['GRPCInferenceService'].methods]))"],
+         "print(json.dumps([[m.name, m.input_type.name, m.output_type.name] "
+         "for m in s.DESCRIPTOR.services_by_name['GRPCInferenceService'].methods]))"],
         capture_output=True, text=True, check=True).stdout)
-    our_methods = [m.name for m in ours.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods]
-    assert set(our_methods) <= set(their_service)
+    our_methods = [[m.name, m.input_type.name, m.output_type.name]
+                   for m in ours.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods]
+    assert all(method in their_service for method in our_methods), (our_methods, their_service)

@@ -118,37 +118,43 @@ class Batcher:
         if any(item.outputs != names for item in batch):
             wanted = {n for item in batch for n in item.outputs}
             names = tuple(n for n in self._output_order if n in wanted)
+        # Three phases, timed as Triton's statistics split them: input (one float32 array of the
+        # batch), infer (the onnxruntime call), output (each request's rows of every output).
+        started = time.perf_counter()
+        pixels = _as_float(_stack([item.pixels for item in batch]))
+        ran = time.perf_counter()
         try:
-            results = self._execute(_stack([item.pixels for item in batch]), names)
+            results = self._execute(pixels, names)
         except InferenceError as error:  # a runtime failure fails this batch, not the server
             for item in batch:
                 item.done(None, error)
             return
+        computed = time.perf_counter()
         if len(batch) == 1 and batch[0].outputs == names:
-            batch[0].done(results, None)
-            return
-        by_name = dict(zip(names, results))
-        row = 0
-        for item in batch:
-            end = row + len(item.pixels)
-            item.done([by_name[n][row:end] for n in item.outputs], None)
-            row = end
+            answers = [results]
+        else:
+            by_name = dict(zip(names, results))
+            answers, row = [], 0
+            for item in batch:
+                end = row + len(item.pixels)
+                answers.append([by_name[n][row:end] for n in item.outputs])
+                row = end
+        metrics.observe_execution(ran - started, computed - ran, time.perf_counter() - computed, len(pixels),
+                                  len(batch))
+        for item, answer in zip(batch, answers):
+            item.done(answer, None)
 
     def _execute(self, pixels: np.ndarray, names: tuple[str, ...]) -> list[np.ndarray]:
-        """One onnxruntime call, timed; `pixels` may still be uint8."""
-        pixels = _as_float(pixels)
-        start = time.perf_counter()
+        """One onnxruntime call on float32 pixels."""
         try:
-            results = self._run(pixels, names)
+            return self._run(pixels, names)
         except Exception as exc:  # onnxruntime raises its own unrelated exception types
             log.error("model execution failed for a batch of %d images: %s", len(pixels), exc)
             raise InferenceError(f"model execution failed: {exc}") from exc
-        metrics.observe_compute(time.perf_counter() - start, len(pixels))
-        return results
 
 
 def _stack(parts: list[np.ndarray]) -> np.ndarray:
-    """One [N, 784] array of the batch; uint8 stays uint8 so it is scaled once, in `_execute`."""
+    """One [N, 784] array of the batch; uint8 stays uint8 so it is scaled once, by `_as_float`."""
     if len(parts) == 1:
         return parts[0]
     if all(p.dtype == parts[0].dtype for p in parts):

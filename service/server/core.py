@@ -78,7 +78,7 @@ class InferenceCore:
         self._versions: tuple[str, ...] = ()
         self._incoming: _Served | None = None   # loaded by the watcher, installed by the loop
         self._retiring: list[Batcher] = []      # old versions' batchers still holding requests
-        self._rejected: set[tuple[str, tuple[int, int]]] = set()
+        self._rejected: dict[tuple[str, tuple[int, int]], str] = {}   # -> why it failed to load
 
     def _load(self, version: ModelVersion) -> _Served:
         """Loads, checks and warms up one version; raises ModelLoadError if it is unusable."""
@@ -105,6 +105,20 @@ class InferenceCore:
         """The repository's versions as of the last look (start-up or the last poll), oldest first;
         kept here so that answering a client never scans the disk."""
         return self._versions
+
+    @property
+    def pinned_version(self) -> str | None:
+        """The version `--model-version` pinned, or None when the newest is served."""
+        return self._pinned_version
+
+    def rejection(self, version: str) -> str | None:
+        """Why `version` last failed to load, if it did: the watcher keeps serving the previous
+        version and tries that file again only once it changes."""
+        found = None
+        for (rejected, _), reason in tuple(self._rejected.items()):  # a copy: the watcher adds to it
+            if rejected == version:
+                found = reason
+        return found
 
     def reload_if_changed(self) -> bool:
         """Loads the repository's newest version if it differs from the served one, and hands it
@@ -133,7 +147,7 @@ class InferenceCore:
         try:
             candidate = self._load(newest)
         except ModelLoadError as exc:
-            self._rejected.add(key)
+            self._rejected[key] = str(exc)
             log.error("rejected model version %s, still serving version %s: %s", newest.version,
                       served.model.version, exc)
             return False

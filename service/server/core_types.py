@@ -73,3 +73,4 @@ class CoreSettings:
     max_queue_delay: float = 0.0     # seconds to wait for more requests before computing
     intra_op_threads: int = 1
     graph_optimization: str = "all"
+    workers: int = 1                 # server processes, each serving the model: its instance count

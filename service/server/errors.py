@@ -52,3 +52,9 @@ class NotReady(InferenceError):
     """The model is not loaded yet or the server is draining; another replica can answer."""
 
     status = "UNAVAILABLE"
+
+
+class Unsupported(InferenceError):
+    """The server deliberately does not offer this operation; the message says what to do instead."""
+
+    status = "UNIMPLEMENTED"

@@ -46,7 +46,7 @@ def core_settings(config: ServeConfig) -> CoreSettings:
     return CoreSettings(max_batch_size=config.max_batch_size, max_queue_size=config.max_queue_size,
                         max_queue_delay=config.max_queue_delay_us / 1e6,
                         intra_op_threads=config.intra_op_threads,
-                        graph_optimization=config.graph_optimization)
+                        graph_optimization=config.graph_optimization, workers=config.workers)
 
 
 def build_core(config: ServeConfig, models: LoadedModels | None = None) -> InferenceCore:

@@ -1,8 +1,9 @@
 """Prometheus metrics: what is measured, under which names, and with which buckets.
 
 Three seams observe: end-to-end latency in the request policy (`policy.py`, for gRPC and HTTP
-alike), queue wait and batch size in the batcher, compute time around the onnxruntime call.
-Nothing else times anything.
+alike), queue wait and batch size in the batcher, and each model execution's phases in the batcher
+(preparing the input, the onnxruntime call, splitting the outputs). Nothing else times anything.
+`totals` reads the same cells for Triton's statistics extension (`service.server.v2.statistics`).
 
 Every series lives in cells this module owns: one row of float64 cells per front end (gRPC,
 HTTP) of each worker slot, written only by that front end's thread and summed by whoever collects
@@ -24,8 +25,10 @@ from __future__ import annotations
 import logging
 import mmap
 import threading
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -52,7 +55,15 @@ OBSERVED_METHODS = (
     ("digits_v1", "Classify"), ("digits_v1", "ClassifyStream"), ("digits_v1", "GetModelInfo"),
     ("kserve_v2_rest", "ModelInfer"), ("kserve_v2_rest", "ModelMetadata"), ("kserve_v2_rest", "ModelReady"),
     ("digits_rest", "Preprocess"),
+    # Triton's extensions, on both V2 bindings
+    ("kserve_v2", "ModelConfig"), ("kserve_v2", "ModelStatistics"), ("kserve_v2", "RepositoryIndex"),
+    ("kserve_v2_rest", "ModelConfig"), ("kserve_v2_rest", "ModelStatistics"), ("kserve_v2_rest", "RepositoryIndex"),
 )
+# The methods that ask the model for an inference: their calls are Triton's success and fail.
+INFERENCE_METHODS = (("kserve_v2", "ModelInfer"), ("kserve_v2", "ModelStreamInfer"), ("digits_v1", "Classify"),
+                     ("digits_v1", "ClassifyStream"), ("kserve_v2_rest", "ModelInfer"))
+# The phases of one model execution (batcher.py), as Triton's statistics split them.
+PHASES = ("input", "infer", "output")
 # The serving threads of one worker, each with its own row (one writer per row, no lock).
 FRONT_ENDS = ("grpc", "http")
 # gRPC's status code names, as strings so that metrics need not import grpc.
@@ -109,6 +120,11 @@ _REQUESTS = {(api, method, code): _layout.histogram(LATENCY_BUCKETS)
 _QUEUE_WAIT = _layout.histogram(LATENCY_BUCKETS)
 _COMPUTE = _layout.histogram(LATENCY_BUCKETS)
 _BATCH = _layout.histogram(BATCH_BUCKETS)
+# Per request computed: its batch's time in each phase (a batch's time counts once for each request
+# in it, as Triton charges it), after the count of such requests; then when the last batch ended.
+_COMPUTED = _layout.block(1)
+_PHASE_SECONDS = _layout.block(len(PHASES))
+_LAST_INFERENCE = _layout.block(1)       # time.time() at the end of the last onnxruntime call
 _INFLIGHT = _layout.block(1)
 _IMAGES = _layout.block(VERSION_SLOTS)   # images classified, by version-table entry
 _SERVING = _layout.block(1)              # 1 + the table entry this worker serves now; 0: none
@@ -264,10 +280,18 @@ def observe_queue_wait(seconds: float) -> None:
     _QUEUE_WAIT.observe(seconds)
 
 
-def observe_compute(seconds: float, images: int) -> None:
-    """One onnxruntime call: its duration and its batch size."""
-    _COMPUTE.observe(seconds)
+def observe_execution(input_seconds: float, infer_seconds: float, output_seconds: float, images: int,
+                      requests: int) -> None:
+    """One model execution of `requests` requests (`images` images): the onnxruntime call's duration
+    and batch size, and each phase's time charged to every request in it."""
+    _COMPUTE.observe(infer_seconds)
     _BATCH.observe(images)
+    cells = _writer.cells
+    cells[_COMPUTED] += requests
+    cells[_PHASE_SECONDS] += input_seconds * requests
+    cells[_PHASE_SECONDS + 1] += infer_seconds * requests
+    cells[_PHASE_SECONDS + 2] += output_seconds * requests
+    cells[_LAST_INFERENCE] = time.time()
 
 
 def _answered(row) -> float:
@@ -282,6 +306,40 @@ def answered_calls() -> int:
     """Inference calls this process answered successfully over every front end: the server's
     side of a drain count."""
     return int(_answered_by_slot() - _answered_before)
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What Triton's statistics report, summed over every row (every worker and front end) of this
+    server run: (count, seconds) pairs, images and executions, and the last execution's time."""
+
+    success: tuple[int, float]          # inference calls answered OK, and their end-to-end time
+    fail: tuple[int, float]             # inference calls that ended with any other status
+    queue: tuple[int, float]            # requests that reached the model, and their queue wait
+    phases: dict[str, tuple[int, float]]    # PHASES -> (requests computed, their batches' time)
+    images: int                         # images classified successfully (every version)
+    executions: int                     # onnxruntime calls
+    last_inference: float               # time.time() of the last onnxruntime call's end; 0: none yet
+
+
+def totals() -> Totals:
+    """The counters Triton's statistics extension reports, from the same cells /metrics exports;
+    any worker can answer for all, since every worker maps the same block."""
+    rows = _block.rows_array()
+    ok, failed = [0.0, 0.0], [0.0, 0.0]
+    for (api, method, code), histogram in _REQUESTS.items():
+        if (api, method) in INFERENCE_METHODS:
+            tally = ok if code == "OK" else failed
+            tally[0] += rows[:, histogram.offset:histogram.sum_cell].sum()
+            tally[1] += rows[:, histogram.sum_cell].sum()
+    computed = int(rows[:, _COMPUTED].sum())
+    phases = {phase: (computed, float(rows[:, _PHASE_SECONDS + i].sum())) for i, phase in enumerate(PHASES)}
+    return Totals(
+        success=(int(ok[0]), ok[1]), fail=(int(failed[0]), failed[1]),
+        queue=(int(rows[:, _QUEUE_WAIT.offset:_QUEUE_WAIT.sum_cell].sum()), float(rows[:, _QUEUE_WAIT.sum_cell].sum())),
+        phases=phases, images=int(rows[:, _IMAGES:_IMAGES + VERSION_SLOTS].sum()),
+        executions=int(rows[:, _BATCH.offset:_BATCH.sum_cell].sum()),
+        last_inference=float(rows[:, _LAST_INFERENCE].max()))
 
 
 class SharedCollector:
@@ -311,6 +369,19 @@ class SharedCollector:
                 (_BATCH, "batch_size", "Images per onnxruntime call after coalescing.")):
             buckets, total, _ = histogram.export(row)
             yield HistogramMetricFamily(f"{PREFIX}_{name}", doc, buckets=buckets, sum_value=total)
+        charged = CounterMetricFamily(
+            f"{PREFIX}_request_compute_seconds",
+            "Time of the model executions that answered requests, by phase (input, infer, output), counted "
+            "once for each request in the batch (Triton's compute_input, compute_infer, compute_output).",
+            labels=["phase"])
+        for index, phase in enumerate(PHASES):
+            charged.add_metric([phase], float(row[_PHASE_SECONDS + index]))
+        yield charged
+        yield CounterMetricFamily(f"{PREFIX}_requests_computed",
+                                  "Requests whose batch the model computed successfully.", value=float(row[_COMPUTED]))
+        yield GaugeMetricFamily(f"{PREFIX}_last_inference_timestamp_seconds",
+                                "Unix time at which the last model execution ended (0: none yet).",
+                                value=float(rows[:, _LAST_INFERENCE].max()))
         yield GaugeMetricFamily(f"{PREFIX}_inflight_requests", "Inference API calls being handled now.",
                                 value=float(row[_INFLIGHT]))
         images = CounterMetricFamily(f"{PREFIX}_images_classified",

@@ -1,5 +1,6 @@
-"""What both Open Inference Protocol (KServe V2) adapters share: the server's identity and the
-tensor datatypes accepted, so gRPC and REST describe and accept the same things."""
+"""What both Open Inference Protocol (KServe V2) adapters share: the server's identity, the
+tensor datatypes accepted and the extensions served, so gRPC and REST describe and accept the same
+things. Triton's extensions themselves are answered by `service.server.v2`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ SERVER_NAME = "digit-serving"
 PLATFORM = "onnxruntime_onnx"
 # V2 datatype -> the dtype name `validation` decodes
 DATATYPES = {"FP32": "float32", "UINT8": "uint8"}
+# Triton's extensions served over both bindings (service/server/v2), as server metadata lists them.
+# The model repository extension is served in part (the index; load and unload are refused), so
+# it is not claimed.
+EXTENSIONS = ("model_configuration", "statistics")
 
 try:
     SERVER_VERSION = version("digit-serving")

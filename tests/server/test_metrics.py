@@ -30,6 +30,8 @@ def test_metric_families_and_types(server):
         "digits_queue_wait_seconds": "histogram", "digits_model_compute_seconds": "histogram",
         "digits_batch_size": "histogram", "digits_inflight_requests": "gauge",
         "digits_images_classified": "counter", "digits_model_info": "gauge",
+        "digits_request_compute_seconds": "counter", "digits_requests_computed": "counter",
+        "digits_last_inference_timestamp_seconds": "gauge",
     }
     for name, kind in expected.items():
         assert families[name].type == kind, name
@@ -58,6 +60,12 @@ def test_values_move_with_requests(server, channel):
     assert delta("digits_request_duration_seconds", "_count", **ok) == 1
     assert delta("digits_request_duration_seconds", "_sum", **ok) > 0
     assert delta("digits_images_classified", "_total") == 7
+    assert delta("digits_requests_computed", "_total") == 1   # the bad request never reached the model
+    for phase in ("input", "infer", "output"):
+        assert delta("digits_request_compute_seconds", "_total", phase=phase) >= 0
+    assert delta("digits_request_compute_seconds", "_total", phase="infer") > 0
+    last = [sample(f, "digits_last_inference_timestamp_seconds") for f in (before, after)]
+    assert last[1] > 0 and last[1] >= last[0]
     assert delta("digits_batch_size", "_count") == 1 and delta("digits_batch_size", "_sum") == 7
     assert delta("digits_queue_wait_seconds", "_count") == 1
     assert delta("digits_model_compute_seconds", "_count") == 1

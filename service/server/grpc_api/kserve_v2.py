@@ -13,14 +13,19 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
+from google.protobuf.json_format import ParseDict
 
 from service.contract import FEATURES, INPUT_NAME
 from service.generated.inference import grpc_predict_v2_pb2 as pb
+from service.generated.inference import model_config_pb2 as config_pb
 from service.server.core_types import InferenceRequest, InferenceResult, ModelDescription, Pending
 from service.server.errors import InvalidInput
 from service.server.grpc_api.methods import Kind, Method, method_path
 from service.server.grpc_api.status import parse
-from service.server.open_inference import DATATYPES, PLATFORM, SERVER_NAME, SERVER_VERSION
+from service.server.open_inference import DATATYPES, EXTENSIONS, PLATFORM, SERVER_NAME, SERVER_VERSION
+from service.server.v2.model_config import model_config
+from service.server.v2.repository_index import refuse_control, repository_index
+from service.server.v2.statistics import model_statistics
 from service.server.validation import check_tensor_shape, pixels_from_bytes, pixels_from_typed
 from service.wire import length_delimited
 
@@ -132,7 +137,7 @@ class KServeV2:
         self._is_serving = is_serving
         self._live = pb.ServerLiveResponse(live=True).SerializeToString()
         self._metadata = pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION,
-                                                   extensions=[]).SerializeToString()
+                                                   extensions=EXTENSIONS).SerializeToString()
 
     def server_live(self, data: bytes, deadline: float | None) -> bytes:
         return self._live
@@ -151,6 +156,28 @@ class KServeV2:
     def model_metadata(self, data: bytes, deadline: float | None) -> bytes:
         request = parse(pb.ModelMetadataRequest, data)
         return tensor_metadata(self._core.find_model(request.name, request.version)).SerializeToString()
+
+    # -- Triton's extensions: service.server.v2 answers, in Triton's field names, which are ours
+    def model_config(self, data: bytes, deadline: float | None) -> bytes:
+        request = parse(pb.ModelConfigRequest, data)
+        config = ParseDict(model_config(self._core, request.name, request.version), config_pb.ModelConfig())
+        return pb.ModelConfigResponse(config=config).SerializeToString()
+
+    def model_statistics(self, data: bytes, deadline: float | None) -> bytes:
+        request = parse(pb.ModelStatisticsRequest, data)
+        return ParseDict(model_statistics(self._core, request.name, request.version),
+                         pb.ModelStatisticsResponse()).SerializeToString()
+
+    def repository_index(self, data: bytes, deadline: float | None) -> bytes:
+        request = parse(pb.RepositoryIndexRequest, data)
+        models = repository_index(self._core, request.repository_name, request.ready)
+        return ParseDict({"models": models}, pb.RepositoryIndexResponse()).SerializeToString()
+
+    def repository_model_load(self, data: bytes, deadline: float | None) -> bytes:
+        refuse_control(self._core, "load", parse(pb.RepositoryModelLoadRequest, data).model_name)
+
+    def repository_model_unload(self, data: bytes, deadline: float | None) -> bytes:
+        refuse_control(self._core, "unload", parse(pb.RepositoryModelUnloadRequest, data).model_name)
 
     def model_infer(self, data: bytes, deadline: float | None) -> Pending:
         request = parse(pb.ModelInferRequest, data)
@@ -191,4 +218,11 @@ class KServeV2:
             Method(path("ModelInfer"), Kind.UNARY, self.model_infer, observed=(API, "ModelInfer"), protected=True),
             Method(path("ModelStreamInfer"), Kind.STREAM, self.stream_infer, stream_error=self.stream_error,
                    observed=(API, "ModelStreamInfer"), protected=True),
+            Method(path("ModelConfig"), Kind.UNARY, self.model_config, observed=(API, "ModelConfig"), protected=True),
+            Method(path("ModelStatistics"), Kind.UNARY, self.model_statistics, observed=(API, "ModelStatistics"),
+                   protected=True),
+            Method(path("RepositoryIndex"), Kind.UNARY, self.repository_index, observed=(API, "RepositoryIndex"),
+                   protected=True),
+            Method(path("RepositoryModelLoad"), Kind.UNARY, self.repository_model_load, protected=True),
+            Method(path("RepositoryModelUnload"), Kind.UNARY, self.repository_model_unload, protected=True),
         ]

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from service.server.core import InferenceCore
 
 PATHS_REMEMBERED = 1024
-OTHER_ROUTES = frozenset(("/v2", *page_api.ROUTES))   # beside health, page files and model paths
-MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?")
+OTHER_ROUTES = frozenset(("/v2", kserve_v2_rest.ALL_STATS, kserve_v2_rest.REPOSITORY_INDEX, *page_api.ROUTES))
+MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer|/config|/stats)?")
 RETRY_AFTER = ((b"Retry-After", b"1"),)
 CHALLENGE = ((b"WWW-Authenticate", b'Bearer realm="digit-serving"'),)
 LIVE = Response(200, b'{"live":true}')
@@ -92,7 +92,9 @@ class HttpApp:
             if method == b"GET" and path in self._files:
                 exchange.respond(self._files[path])
                 return
-            if match is None and path not in OTHER_ROUTES:
+            if path == kserve_v2_rest.ALL_STATS:   # every model's statistics, not a model called "stats"
+                match = None
+            if match is None and path not in OTHER_ROUTES and not kserve_v2_rest.REPOSITORY_CONTROL.fullmatch(path):
                 raise ModelNotFound(f"no such endpoint: {method.decode('latin-1')} {path[:200]}")
             if not self._policy.authorised(request.headers.get(b"authorization", b"")):
                 raise Unauthenticated(REFUSAL + "; send 'Authorization: Bearer <token>'")
@@ -105,11 +107,23 @@ class HttpApp:
                 self._observed("ModelInfer", request, exchange, b"POST", lambda: self._infer(request, name, version))
             elif action == "/ready":
                 self._observed("ModelReady", request, exchange, b"GET", lambda: self._model_ready(name, version))
+            elif action == "/config":
+                self._observed("ModelConfig", request, exchange, b"GET", lambda: self._v2.model_config(name, version))
+            elif action == "/stats":
+                self._observed("ModelStatistics", request, exchange, b"GET",
+                               lambda: self._v2.model_statistics(name, version))
             else:
                 self._observed("ModelMetadata", request, exchange, b"GET",
                                lambda: self._v2.model_metadata(name, version))
         elif path == "/v2":
             self._plain(exchange, method, b"GET", self._v2.server_metadata)
+        elif path == kserve_v2_rest.ALL_STATS:
+            self._observed("ModelStatistics", request, exchange, b"GET", lambda: self._v2.model_statistics("", ""))
+        elif path == kserve_v2_rest.REPOSITORY_INDEX:
+            self._observed("RepositoryIndex", request, exchange, b"POST",
+                           lambda: self._v2.repository_index(self._body(request)))
+        elif path.startswith("/v2/repository/"):
+            self._plain(exchange, method, b"POST", lambda: self._v2.repository_control(path))
         elif path == page_api.PREPROCESS:
             self._observed("Preprocess", request, exchange, b"POST",
                            lambda: page_api.preprocess(self._body(request)))

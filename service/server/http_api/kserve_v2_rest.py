@@ -13,6 +13,7 @@ request sets `parameters.binary_data_output: true`) comes back the same way.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,11 @@ from service.contract import FEATURES, INPUT_NAME
 from service.server.core_types import InferenceRequest, InferenceResult, ModelDescription, Pending
 from service.server.errors import InferenceError, InvalidInput
 from service.server.http_api.connection import Response, json_response
-from service.server.open_inference import DATATYPES, PLATFORM, SERVER_NAME, SERVER_VERSION
+from service.server.open_inference import DATATYPES, EXTENSIONS as TRITON_EXTENSIONS
+from service.server.open_inference import PLATFORM, SERVER_NAME, SERVER_VERSION
+from service.server.v2.model_config import model_config
+from service.server.v2.repository_index import refuse_control, repository_index
+from service.server.v2.statistics import model_statistics
 from service.server.validation import check_tensor_shape, pixels_from_bytes, pixels_from_values
 
 if TYPE_CHECKING:
@@ -33,7 +38,10 @@ if TYPE_CHECKING:
 API = "kserve_v2_rest"
 HEADER_LENGTH = b"inference-header-content-length"
 OCTET_STREAM = b"application/octet-stream"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", *TRITON_EXTENSIONS]
+ALL_STATS = "/v2/models/stats"                 # every model's statistics (not a model named "stats")
+REPOSITORY_INDEX = "/v2/repository/index"
+REPOSITORY_CONTROL = re.compile(r"/v2/repository/models/([^/]+)/(load|unload)")
 WHAT = f"input '{INPUT_NAME}'"
 HEADER_CACHE = 256    # distinct binary request headers remembered; real clients send a handful
 MAX_LENGTH_DIGITS = 20  # Inference-Header-Content-Length: no body is 10**20 bytes; int() of more digits raises
@@ -294,6 +302,32 @@ class KServeV2Rest:
         """200 once the model answers (the caller answers 503 while the server is not serving)."""
         model = self._core.find_model(name, version)
         return json_response({"name": model.name, "version": model.version, "ready": True})
+
+    # -- Triton's extensions: service.server.v2 answers, in Triton's JSON -------------------------
+    def model_config(self, name: str, version: str) -> Response:
+        return json_response(model_config(self._core, name, version))
+
+    def model_statistics(self, name: str, version: str) -> Response:
+        return json_response(model_statistics(self._core, name, version))
+
+    def repository_index(self, body: bytes) -> Response:
+        """POST /v2/repository/index: the body is empty or {"ready": true|false}."""
+        document: object = {}
+        if body.strip():
+            try:
+                document = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(document, dict):
+            raise InvalidInput("the repository index request body must be empty or a JSON object "
+                               'such as {"ready": true}')
+        ready = _field(document, "ready", bool, "request", False)
+        return json_response(repository_index(self._core, "", ready))
+
+    def repository_control(self, path: str) -> Response:
+        """POST /v2/repository/models/{name}/load or /unload: refused (501), saying how models load."""
+        name, action = REPOSITORY_CONTROL.fullmatch(path).groups()
+        refuse_control(self._core, action, name)
 
     def infer(self, name: str, version: str, body: bytes, header_length: bytes | None) -> Pending:
         model = self._core.find_model(name, version)
