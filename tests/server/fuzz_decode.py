@@ -4,7 +4,7 @@ Each input is turned into a ModelInferRequest or a ClassifyRequest, either by pa
 protobuf (finds what malformed wire data does) or by building the request field by field from a
 FuzzedDataProvider (reaches deep, nearly valid requests quickly: the byte budget goes on *which*
 field is wrong, not on spelling out 784 pixels). The request then goes through everything the
-servicers do before the model runs: `decode_pixels`, `requested_outputs`, `wants_raw_output`,
+servicers do before the model runs: `decode_pixels`, `protocol.outputs_of`, `wants_raw_output`,
 `check_batch_size`, `encode_response`. The only acceptable failures are the core's
 `InferenceError`s and protobuf's `DecodeError`; any other exception, or decoded pixels that are
 not a valid [N, 784] batch, is a crash.
@@ -42,9 +42,11 @@ from google.protobuf.message import DecodeError
 from service.generated.digits.v1 import digits_pb2 as dpb  # noqa: E402
 from service.generated.inference import grpc_predict_v2_pb2 as vpb  # noqa: E402
 
-with atheris.instrument_imports(include=["service.server.validation", "service.server.grpc_api", "service.server.errors"]):
+with atheris.instrument_imports(include=["service.server.validation", "service.server.grpc_api", "service.server.errors",
+                                         "service.server.v2"]):
     from service.server.errors import InferenceError
     from service.server.grpc_api import digits_v1, kserve_v2
+    from service.server.v2 import protocol
     from service.server.validation import check_batch_size
 
 from service.server.core import InferenceResult  # noqa: E402
@@ -148,7 +150,7 @@ def check_v2(request: vpb.ModelInferRequest) -> str:
     if pixels.dtype == np.float32:
         assert np.isfinite(pixels).all() and 0 <= pixels.min() and pixels.max() <= 1
     check_batch_size(len(pixels), 1024)
-    outputs = kserve_v2.requested_outputs(request, MODEL)
+    outputs = protocol.outputs_of(tuple(o.name for o in request.outputs), MODEL)
     assert all(isinstance(name, str) for name in outputs)
     known = [name for name in dict.fromkeys(outputs) if name in WIDTHS]
     result = InferenceResult(MODEL, {n: np.zeros((len(pixels), WIDTHS[n]), np.float32) for n in known})

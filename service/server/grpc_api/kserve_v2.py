@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 from google.protobuf.json_format import ParseDict
 
-from service.contract import FEATURES, INPUT_NAME
 from service.generated.inference import grpc_predict_v2_pb2 as pb
 from service.generated.inference import model_config_pb2 as config_pb
-from service.server.core_types import InferenceRequest, InferenceResult, ModelDescription, Pending
+from service.server.core_types import InferenceRequest, InferenceResult, Pending
 from service.server.errors import InvalidInput
 from service.server.grpc_api.methods import Kind, Method, method_path
 from service.server.grpc_api.status import parse
-from service.server.open_inference import DATATYPES, EXTENSIONS, PLATFORM, SERVER_NAME, SERVER_VERSION
+from service.server.v2 import protocol
+from service.server.v2.protocol import WHAT
 from service.server.v2.model_config import model_config
 from service.server.v2.repository_index import refuse_control, repository_index
 from service.server.v2.statistics import model_statistics
-from service.server.validation import check_tensor_shape, pixels_from_bytes, pixels_from_typed
+from service.server.validation import pixels_from_bytes, pixels_from_typed
 from service.wire import length_delimited
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 TYPED_FIELDS = {"FP32": "fp32_contents", "UINT8": "uint_contents"}
 
 
-WHAT = f"input '{INPUT_NAME}'"
 OTHER_FIELDS = ("fp32_contents", "uint_contents", "int_contents", "int64_contents",
                 "uint64_contents", "fp64_contents", "bool_contents", "bytes_contents")
 
@@ -48,19 +47,12 @@ def decode_pixels(request: pb.ModelInferRequest) -> np.ndarray:
 
     Every protobuf attribute access builds a Python object, so each field is read once."""
     inputs = request.inputs
-    if len(inputs) != 1:
-        names = [t.name for t in inputs]
-        raise InvalidInput(f"expected exactly one input '{INPUT_NAME}', got {len(names)}: {names}")
+    protocol.check_input_names([t.name for t in inputs])
     tensor = inputs[0]
-    name, datatype = tensor.name, tensor.datatype
-    if name != INPUT_NAME:
-        raise InvalidInput(f"unknown input '{name}'; this model's only input is '{INPUT_NAME}'")
-    if datatype not in DATATYPES:
-        raise InvalidInput(f"unsupported datatype '{datatype}' for input '{INPUT_NAME}'; "
-                           f"expected one of {', '.join(DATATYPES)}")
-    dtype, field = DATATYPES[datatype], TYPED_FIELDS[datatype]
+    datatype = tensor.datatype
+    dtype, field = protocol.dtype_of(datatype), TYPED_FIELDS[datatype]
     shape = list(tensor.shape)
-    images = check_tensor_shape(shape, WHAT)
+    images = protocol.images_of(shape)
     raw = request.raw_input_contents
     if raw:
         if len(raw) != 1:
@@ -75,17 +67,8 @@ def decode_pixels(request: pb.ModelInferRequest) -> np.ndarray:
                 raise InvalidInput(f"{WHAT} is {datatype}, so its data belongs in "
                                    f"contents.{field}, not contents.{other}")
         pixels = pixels_from_typed(getattr(contents, field), dtype, f"{WHAT} contents")
-    if len(pixels) != images:
-        raise InvalidInput(f"{WHAT} declares shape {shape} ({shape[0]} images) but its data holds "
-                           f"{len(pixels)} images")
+    protocol.check_image_count(shape, images, len(pixels))
     return pixels
-
-
-def requested_outputs(request: pb.ModelInferRequest, model: ModelDescription) -> tuple[str, ...]:
-    outputs = request.outputs
-    if not outputs:
-        return model.output_names
-    return tuple(o.name for o in outputs)
 
 
 def wants_raw_output(request: pb.ModelInferRequest) -> bool:
@@ -123,21 +106,12 @@ def encode_response(request: pb.ModelInferRequest, result: InferenceResult, raw:
     return response.SerializeToString()
 
 
-def tensor_metadata(model: ModelDescription) -> pb.ModelMetadataResponse:
-    return pb.ModelMetadataResponse(
-        name=model.name, versions=[model.version], platform=PLATFORM,
-        inputs=[pb.ModelMetadataResponse.TensorMetadata(name=INPUT_NAME, datatype="FP32", shape=[-1, FEATURES])],
-        outputs=[pb.ModelMetadataResponse.TensorMetadata(name=n, datatype="FP32", shape=[-1, model.output_widths[n]])
-                 for n in model.output_names])
-
-
 class KServeV2:
     def __init__(self, core: InferenceCore, is_serving: Callable[[], bool]) -> None:
         self._core = core
         self._is_serving = is_serving
         self._live = pb.ServerLiveResponse(live=True).SerializeToString()
-        self._metadata = pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION,
-                                                   extensions=EXTENSIONS).SerializeToString()
+        self._metadata = ParseDict(protocol.server_metadata(), pb.ServerMetadataResponse()).SerializeToString()
 
     def server_live(self, data: bytes, deadline: float | None) -> bytes:
         return self._live
@@ -150,12 +124,13 @@ class KServeV2:
 
     def model_ready(self, data: bytes, deadline: float | None) -> bytes:
         request = parse(pb.ModelReadyRequest, data)
-        self._core.find_model(request.name, request.version)
-        return pb.ModelReadyResponse(ready=self._is_serving()).SerializeToString()
+        ready = protocol.model_ready(self._core.find_model(request.name, request.version), self._is_serving())
+        return pb.ModelReadyResponse(ready=ready["ready"]).SerializeToString()
 
     def model_metadata(self, data: bytes, deadline: float | None) -> bytes:
         request = parse(pb.ModelMetadataRequest, data)
-        return tensor_metadata(self._core.find_model(request.name, request.version)).SerializeToString()
+        model = self._core.find_model(request.name, request.version)
+        return ParseDict(protocol.model_metadata(model), pb.ModelMetadataResponse()).SerializeToString()
 
     # -- Triton's extensions: service.server.v2 answers, in Triton's field names, which are ours
     def model_config(self, data: bytes, deadline: float | None) -> bytes:
@@ -183,7 +158,7 @@ class KServeV2:
         request = parse(pb.ModelInferRequest, data)
         model = self._core.find_model(request.model_name, request.model_version)
         pixels = decode_pixels(request)
-        outputs = requested_outputs(request, model)
+        outputs = protocol.outputs_of(tuple(o.name for o in request.outputs), model)
         raw = wants_raw_output(request)
         return Pending(InferenceRequest(pixels, outputs, deadline),
                        lambda result: encode_response(request, result, raw))

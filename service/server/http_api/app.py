@@ -73,7 +73,7 @@ class HttpApp:
         self._is_serving = is_serving
         self._policy = policy
         self._wake_compute = wake_compute
-        self._v2 = KServeV2Rest(core)
+        self._v2 = KServeV2Rest(core, is_serving)
         self._files = page_api.load_page_files()
         self._samples = page_api.Samples()
         self._first_layers = FirstLayers()
@@ -106,7 +106,7 @@ class HttpApp:
             if action == "/infer":
                 self._observed("ModelInfer", request, exchange, b"POST", lambda: self._infer(request, name, version))
             elif action == "/ready":
-                self._observed("ModelReady", request, exchange, b"GET", lambda: self._model_ready(name, version))
+                self._observed("ModelReady", request, exchange, b"GET", lambda: self._v2.model_ready(name, version))
             elif action == "/config":
                 self._observed("ModelConfig", request, exchange, b"GET", lambda: self._v2.model_config(name, version))
             elif action == "/stats":
@@ -164,12 +164,6 @@ class HttpApp:
                 raise NotReady("server is not ready (starting or shutting down)")
             return READY
         raise ModelNotFound(f"no such endpoint: {path[:200]}; health is /v2/health/live and /v2/health/ready")
-
-    def _model_ready(self, name: str, version: str) -> Response:
-        response = self._v2.model_ready(name, version)
-        if not self._is_serving():
-            raise NotReady("server is not ready (starting or shutting down)")
-        return response
 
     @staticmethod
     def _plain(exchange: Exchange, method: bytes, allowed: bytes, answer: Callable[[], Response]) -> None:

@@ -16,21 +16,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
-from service.contract import FEATURES, INPUT_NAME
-from service.server.core_types import InferenceRequest, InferenceResult, ModelDescription, Pending
+from service.server.core_types import InferenceRequest, InferenceResult, Pending
 from service.server.errors import InferenceError, InvalidInput
 from service.server.http_api.connection import Response, json_response
-from service.server.open_inference import DATATYPES, EXTENSIONS as TRITON_EXTENSIONS
-from service.server.open_inference import PLATFORM, SERVER_NAME, SERVER_VERSION
+from service.server.errors import NotReady
+from service.server.v2 import protocol
+from service.server.v2.protocol import WHAT
 from service.server.v2.model_config import model_config
 from service.server.v2.repository_index import refuse_control, repository_index
 from service.server.v2.statistics import model_statistics
-from service.server.validation import check_tensor_shape, pixels_from_bytes, pixels_from_values
+from service.server.validation import pixels_from_bytes, pixels_from_values
 
 if TYPE_CHECKING:
     from service.server.core import InferenceCore
@@ -38,11 +39,9 @@ if TYPE_CHECKING:
 API = "kserve_v2_rest"
 HEADER_LENGTH = b"inference-header-content-length"
 OCTET_STREAM = b"application/octet-stream"
-EXTENSIONS = ["binary_tensor_data", *TRITON_EXTENSIONS]
 ALL_STATS = "/v2/models/stats"                 # every model's statistics (not a model named "stats")
 REPOSITORY_INDEX = "/v2/repository/index"
 REPOSITORY_CONTROL = re.compile(r"/v2/repository/models/([^/]+)/(load|unload)")
-WHAT = f"input '{INPUT_NAME}'"
 HEADER_CACHE = 256    # distinct binary request headers remembered; real clients send a handful
 MAX_LENGTH_DIGITS = 20  # Inference-Header-Content-Length: no body is 10**20 bytes; int() of more digits raises
 
@@ -132,22 +131,17 @@ class InferHeader:
 
 
 def read_header(document: dict) -> InferHeader:
-    inputs = _field(document, "inputs", list, "request")
-    if not inputs or len(inputs) != 1:
-        raise InvalidInput(f"expected exactly one input '{INPUT_NAME}', got {0 if not inputs else len(inputs)}")
-    tensor = inputs[0]
-    if not isinstance(tensor, dict):
+    inputs = _field(document, "inputs", list, "request") or []
+    if not all(isinstance(tensor, dict) for tensor in inputs):
         raise InvalidInput("each input must be a JSON object")
-    name = _field(tensor, "name", str, "input")
-    if name != INPUT_NAME:
-        raise InvalidInput(f"unknown input '{name}'; this model's only input is '{INPUT_NAME}'")
+    protocol.check_input_names([_field(tensor, "name", str, "input") for tensor in inputs])
+    tensor = inputs[0]
     datatype = _field(tensor, "datatype", str, WHAT)
-    if datatype not in DATATYPES:
-        raise InvalidInput(f"unsupported datatype '{datatype}' for {WHAT}; expected one of {', '.join(DATATYPES)}")
+    protocol.dtype_of(datatype)
     shape = _field(tensor, "shape", list, WHAT)
     if shape is None or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise InvalidInput(f"{WHAT} needs 'shape', an array of integers")
-    images = check_tensor_shape(shape, WHAT)
+    images = protocol.images_of(shape)
     parameters = _field(tensor, "parameters", dict, WHAT, {})
     size = _field(parameters, "binary_data_size", int, f"{WHAT} parameter")
     if size is not None and "data" in tensor:
@@ -162,7 +156,7 @@ def read_header(document: dict) -> InferHeader:
 def decode_pixels(header: InferHeader, document: dict | None, text: bytes, binary: memoryview) -> np.ndarray:
     """The validated [N, 784] pixels: from the bytes after the JSON `text`, or from its `data`
     (then `document` is `text` parsed)."""
-    dtype, size = DATATYPES[header.datatype], header.binary_size
+    dtype, size = protocol.DATATYPES[header.datatype], header.binary_size
     if size is not None:
         if size < 0 or size > len(binary):
             raise InvalidInput(f"{WHAT} declares binary_data_size {size} but {len(binary)} bytes of binary data "
@@ -177,9 +171,7 @@ def decode_pixels(header: InferHeader, document: dict | None, text: bytes, binar
                                "declares binary_data_size")
         pixels = _pixels_from_json(document["inputs"][0].get("data"), header.datatype, dtype,
                                    may_hold_booleans=b"true" in text or b"false" in text)
-    if len(pixels) != header.images:
-        raise InvalidInput(f"{WHAT} declares shape {header.shape} ({header.images} images) but its data holds "
-                           f"{len(pixels)} images")
+    protocol.check_image_count(header.shape, header.images, len(pixels))
     return pixels
 
 
@@ -279,29 +271,26 @@ def encode_result(result: InferenceResult, request_id: str, binary: tuple[bool, 
     return Response(200, b"".join(parts), OCTET_STREAM, ((b"Inference-Header-Content-Length", b"%d" % len(header)),))
 
 
-def model_metadata(model: ModelDescription) -> dict:
-    return {"name": model.name, "versions": [model.version], "platform": PLATFORM,
-            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, FEATURES]}],
-            "outputs": [{"name": n, "datatype": "FP32", "shape": [-1, model.output_widths[n]]}
-                        for n in model.output_names]}
-
-
 class KServeV2Rest:
-    def __init__(self, core: InferenceCore) -> None:
+    def __init__(self, core: InferenceCore, is_serving: Callable[[], bool]) -> None:
         self._core = core
+        self._is_serving = is_serving
         self._headers: dict[bytes, InferHeader] = {}   # binary requests' JSON headers, already read
-        self._metadata = json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
+        self._metadata = json_response(protocol.server_metadata(("binary_tensor_data",)))
 
     def server_metadata(self) -> Response:
         return self._metadata
 
     def model_metadata(self, name: str, version: str) -> Response:
-        return json_response(model_metadata(self._core.find_model(name, version)))
+        return json_response(protocol.model_metadata(self._core.find_model(name, version)))
 
     def model_ready(self, name: str, version: str) -> Response:
-        """200 once the model answers (the caller answers 503 while the server is not serving)."""
-        model = self._core.find_model(name, version)
-        return json_response({"name": model.name, "version": model.version, "ready": True})
+        """200 while the model is ready; 503 (with its name and version) while it is not."""
+        ready = protocol.model_ready(self._core.find_model(name, version), self._is_serving())
+        if not ready["ready"]:
+            raise NotReady(f"model {ready['name']} version {ready['version']} is not ready "
+                           "(the server is starting or shutting down)")
+        return json_response(ready)
 
     # -- Triton's extensions: service.server.v2 answers, in Triton's JSON -------------------------
     def model_config(self, name: str, version: str) -> Response:
@@ -336,9 +325,9 @@ class KServeV2Rest:
         binary = memoryview(body)[length:]
         header, document = self._read(text, binary_form=header_length is not None)
         pixels = decode_pixels(header, document, text, binary)
-        outputs, binary_outputs = header.outputs, header.binary_outputs
-        if outputs is None:
-            outputs, binary_outputs = model.output_names, (header.binary_default,) * len(model.output_names)
+        outputs, binary_outputs = protocol.outputs_of(header.outputs, model), header.binary_outputs
+        if header.outputs is None:
+            binary_outputs = (header.binary_default,) * len(outputs)
         request_id = header.request_id
         return Pending(InferenceRequest(pixels, outputs),
                        lambda result: encode_result(result, request_id, binary_outputs))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from service.contract import FEATURES, INPUT_NAME
-from service.server.open_inference import PLATFORM
+from service.server.v2.protocol import PLATFORM
 from service.server.repository import MODEL_FILENAME
 
 if TYPE_CHECKING:
