@@ -48,7 +48,9 @@ def add_commands(subparsers) -> None:
                              "Inference-Header-Content-Length), instead of JSON number arrays both ways; "
                              "what a performance-minded REST client sends")
     parser.add_argument("--stream", action="store_true",
-                        help="digits_v1 only: many requests in flight on one ClassifyStream per channel")
+                        help="gRPC only: many requests in flight on one stream per channel, ModelStreamInfer "
+                             "(kserve_v2) or ClassifyStream (digits_v1); a V2 answer with error_message counts "
+                             "as ERROR_MESSAGE")
     parser.add_argument("--mode", choices=MODES, default="closed",
                         help="closed: --concurrency requests always in flight; open: --rate arrivals/s whatever "
                              "the server does (latency from the intended send time)")

@@ -11,6 +11,7 @@ from service.loadtest.http import parse_target
 
 REST_API = "kserve_v2_rest"
 APIS = ("kserve_v2", "digits_v1", REST_API)
+STREAM_APIS = ("kserve_v2", "digits_v1")  # ModelStreamInfer, ClassifyStream
 # Where an Open Inference Protocol HTTP endpoint listens by default (Triton's and KServe's port 8000).
 DEFAULT_REST_TARGET = f"http://{DEFAULT_HOST}:{DEFAULT_HTTP_PORT}"
 MODES = ("closed", "open")
@@ -54,8 +55,9 @@ class LoadConfig:
             raise ValueError(f"mode must be one of {MODES}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}")
-        if self.stream and self.api != "digits_v1":
-            raise ValueError("--stream needs --api digits_v1 (the V2 protocol has no streaming inference)")
+        if self.stream and self.api not in STREAM_APIS:
+            raise ValueError("--stream needs a gRPC API: --api kserve_v2 (ModelStreamInfer) or digits_v1 "
+                             "(ClassifyStream); HTTP/1.1 has no streams")
         if self.binary_tensors and not self.rest:
             raise ValueError(f"--binary-tensors needs --api {REST_API} (gRPC always carries raw tensors)")
         if self.rest:

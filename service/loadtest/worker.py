@@ -33,7 +33,7 @@ from service.client.mnist_files import load_test_images
 from service.loadtest.payload import build_requests, synthetic_images
 from service.loadtest.rest import RestClient
 from service.loadtest.rest_payload import build_rest_payloads
-from service.loadtest.stream import StreamSession
+from service.loadtest.stream import StreamSession, stream_opener
 from service.loadtest.tally import Tally, clock
 
 INFLIGHT_LIMIT = "CLIENT_INFLIGHT_LIMIT"
@@ -128,7 +128,7 @@ class ProcessRun:
     async def run(self) -> dict:
         await _sleep_until(self.start)
         if self.config.stream:
-            sessions = [StreamSession(digits_pb2_grpc.DigitClassifierStub(ch), self.tally, self.config.timeout_s)
+            sessions = [StreamSession(stream_opener(self.config.api, ch), self.tally, self.config.timeout_s)
                         for ch in self.channels]
             try:
                 if self.config.mode == "closed":

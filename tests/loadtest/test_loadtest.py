@@ -216,5 +216,6 @@ def test_load_is_split_over_processes():
 
 
 def test_invalid_combinations_are_refused(tmp_path):
-    assert digits_main(["loadtest", "--api", "kserve_v2", "--stream"]) == 2
-    assert digits_main(["loadtest", "--concurrency", "0"]) == 2
+    closed = f"127.0.0.1:{closed_port()}"  # never reached: the configuration is refused first
+    assert digits_main(["loadtest", "--target", closed, "--api", "kserve_v2_rest", "--stream"]) == 2
+    assert digits_main(["loadtest", "--target", closed, "--concurrency", "0"]) == 2
