@@ -8,6 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from service.client import security as client_security
 from service.client.mnist_files import TEST_IMAGES_FILE, default_mnist_dir
 from service.contract import DEFAULT_MODEL_NAME, DEFAULT_TARGET
 from service.cpus import usable_cpus
@@ -35,8 +36,8 @@ def add_commands(subparsers) -> None:
                     "gRPC or the protocol's REST API (HTTP/1.1, one keep-alive connection per request in flight).")
     parser.add_argument("--target", default=os.environ.get("DIGITS_TARGET"),
                         help=f"where the server listens: HOST:PORT for the gRPC APIs (default {DEFAULT_TARGET}), "
-                             f"http://HOST:PORT (or HOST:PORT) for {REST_API} (default {DEFAULT_REST_TARGET}); "
-                             "$DIGITS_TARGET overrides both defaults")
+                             f"http(s)://HOST:PORT (or HOST:PORT, https when a TLS option is given) for {REST_API} "
+                             f"(default {DEFAULT_REST_TARGET}); $DIGITS_TARGET overrides both defaults")
     parser.add_argument("--api", choices=APIS, default="kserve_v2",
                         help="kserve_v2: ModelInfer of the Open Inference Protocol over gRPC; digits_v1: Classify; "
                              f"{REST_API}: POST /v2/models/MODEL/infer of the same protocol over HTTP, JSON tensors "
@@ -78,10 +79,12 @@ def add_commands(subparsers) -> None:
                         help="directory with t10k-images-idx3-ubyte.gz (env DIGITS_MNIST_DIR; random pixels if absent)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write latency percentiles vs offered load as a PNG (meant for --rates)")
+    client_security.add_options(parser)
     parser.set_defaults(handler=run_command)
 
 
-def config_from_args(args: argparse.Namespace) -> LoadConfig:
+def config_from_args(args: argparse.Namespace,
+                     security: client_security.ClientSecurity = client_security.ClientSecurity()) -> LoadConfig:
     target = args.target or (DEFAULT_REST_TARGET if args.api == REST_API else DEFAULT_TARGET)
     return LoadConfig(
         target=target, api=args.api, stream=args.stream, binary_tensors=args.binary_tensors,
@@ -90,17 +93,20 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         batch_size=args.batch_size, dtype=args.dtype, activations=args.activations,
         warmup_s=args.warmup, duration_s=args.duration, timeout_s=args.timeout,
         max_inflight=args.max_inflight, max_requests=args.max_requests,
-        model_name=args.model_name, mnist_dir=args.mnist_dir,
+        model_name=args.model_name, mnist_dir=args.mnist_dir, security=security,
     )
 
 
 def run_command(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
     try:
+        config = config_from_args(args, client_security.from_args(args))
         config.validate()
-    except ValueError as exc:
+    except ValueError as exc:  # SecurityOptionsError included
         print(f"digits loadtest: {exc}", file=sys.stderr)
         return 2
+    warning = client_security.plaintext_token_warning(config.security, config.target)
+    if warning:
+        print(f"digits loadtest: warning: {warning}", file=sys.stderr)
     mnist = Path(config.mnist_dir) / TEST_IMAGES_FILE
     if not (mnist.exists() or mnist.with_suffix("").exists()):
         print(f"digits loadtest: no MNIST test images in {config.mnist_dir}; sending random pixels",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from service.client.mnist_files import default_mnist_dir
+from service.client.security import ClientSecurity
 from service.contract import DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_MODEL_NAME, DEFAULT_TARGET
 from service.cpus import usable_cpus
 from service.loadtest.http import parse_target
@@ -22,8 +23,9 @@ DTYPES = ("uint8", "float32")
 class LoadConfig:
     """One run. Closed loop uses `concurrency`; open loop uses `rate` (requests/s, all processes).
 
-    `target` is HOST:PORT for the gRPC APIs, http://HOST:PORT (or HOST:PORT) for the REST API;
-    `binary_tensors` sends REST tensors as raw bytes after the JSON (Triton's binary extension).
+    `target` is HOST:PORT for the gRPC APIs, http(s)://HOST:PORT (or HOST:PORT) for the REST API;
+    `binary_tensors` sends REST tensors as raw bytes after the JSON (Triton's binary extension);
+    `security` is TLS and the token for either (the token never leaves in `to_dict`).
     """
 
     target: str = DEFAULT_TARGET
@@ -46,6 +48,7 @@ class LoadConfig:
     max_requests: int = 0
     model_name: str = DEFAULT_MODEL_NAME
     mnist_dir: str = field(default_factory=lambda: str(default_mnist_dir()))
+    security: ClientSecurity = field(default_factory=ClientSecurity)
 
     def validate(self) -> None:
         """Rejects configurations that cannot run, before any process is started."""
@@ -61,7 +64,7 @@ class LoadConfig:
         if self.binary_tensors and not self.rest:
             raise ValueError(f"--binary-tensors needs --api {REST_API} (gRPC always carries raw tensors)")
         if self.rest:
-            parse_target(self.target)  # raises ValueError with what is wrong with it
+            parse_target(self.target, tls=self.security.tls)  # raises ValueError with what is wrong with it
         if self.mode == "closed" and self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         if self.mode == "open" and not self.rate > 0:
@@ -79,4 +82,8 @@ class LoadConfig:
         return self.api == REST_API
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The configuration for a report: the files' paths and whether a token was sent, not the token."""
+        document = asdict(self)
+        document["security"] = {"tls": self.security.tls, "ca": self.security.ca, "cert": self.security.cert,
+                                "key": self.security.key, "token": bool(self.security.token)}
+        return document

@@ -23,6 +23,9 @@ def describe(config: LoadConfig, rates: list[float] | None = None) -> str:
     else:
         kind = "stream" if config.stream else "unary"
         connections = f"{config.channels} channel(s)"
+    security = config.security
+    if security.tls or security.token:
+        kind += ", " + security.describe()
     if rates:
         load = "rates " + ", ".join(f"{rate:g}" for rate in rates) + " /s, one run each"
     else:

@@ -5,6 +5,9 @@ connection of its own, and the open loop keeps a pool: a request takes an idle c
 opens one (the in-flight cap bounds how many). A reply counts as "OK" when it is a 200 (and,
 for binary tensors, its declared sizes add up); any other status by its number ("429", "503");
 a request that got no usable reply by the client-side problem (`CLIENT_TIMEOUT`, ...).
+
+An https target gets TLS, and a token goes into every request as `Authorization: Bearer`; both come
+from the same options as the gRPC side's (service/client/security.py).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from service.client.security import ClientSecurity, authorization, ssl_context
 from service.loadtest.http import HttpClientError, HttpConnection, build_request, parse_target
 from service.loadtest.rest_payload import RestPayload, binary_reply_problem
 
@@ -21,16 +25,20 @@ INVALID_REPLY = "CLIENT_INVALID_RESPONSE"
 class RestClient:
     """Sends prebuilt infer requests to one target; every call returns the code to count."""
 
-    def __init__(self, target: str, payloads: list[RestPayload], timeout_s: float) -> None:
-        self.target = parse_target(target)
+    def __init__(self, target: str, payloads: list[RestPayload], timeout_s: float,
+                 security: ClientSecurity = ClientSecurity()) -> None:
+        self.target = parse_target(target, tls=security.tls)
+        self.tls = ssl_context(security) if self.target.tls else None
+        headers = authorization(security)
         self.payloads = payloads
-        self.requests = [build_request("POST", p.path, self.target, p.headers, p.body) for p in payloads]
+        self.requests = [build_request("POST", p.path, self.target, {**p.headers, **headers}, p.body)
+                         for p in payloads]
         self.timeout_s = timeout_s
         self._idle: list[HttpConnection] = []
         self._all: list[HttpConnection] = []
 
     def _new_connection(self) -> HttpConnection:
-        connection = HttpConnection(self.target)
+        connection = HttpConnection(self.target, self.tls)
         self._all.append(connection)
         return connection
 
@@ -81,3 +89,4 @@ class RestClient:
     def close(self) -> None:
         for connection in self._all:
             connection.close()
+

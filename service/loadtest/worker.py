@@ -19,11 +19,12 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import BinaryIO, Callable
 
 import grpc
 
+from service.client.security import grpc_credentials
 from service.contract import FEATURES
 from service.generated.digits.v1 import digits_pb2_grpc
 from service.generated.inference import grpc_predict_v2_pb2_grpc
@@ -49,11 +50,12 @@ _CHANNEL_OPTIONS = [
 Send = Callable[[], Awaitable[str]]  # one call; returns the code to count
 
 
-def grpc_send(method: Callable, request, timeout: float) -> Send:
-    """A prebuilt gRPC unary call as a `Send`: its status name, "OK" on success."""
+def grpc_send(method: Callable, request, timeout: float, metadata: Sequence[tuple[str, str]] | None = None) -> Send:
+    """A prebuilt gRPC unary call as a `Send`: its status name, "OK" on success. `metadata` (the
+    token) goes with every call."""
     async def send() -> str:
         try:
-            await method(request, timeout=timeout)
+            await method(request, timeout=timeout, metadata=metadata)
             return "OK"
         except grpc.aio.AioRpcError as exc:
             return exc.code().name
@@ -83,12 +85,19 @@ class ProcessRun:
         self.start = measure_start - config.warmup_s
         self.channels: list = []
         self.rest: RestClient | None = None
+        self.metadata: tuple[tuple[str, str], ...] | None = None
         if config.rest:
-            self.rest = RestClient(config.target, self._requests(), config.timeout_s)
+            self.rest = RestClient(config.target, self._requests(), config.timeout_s, config.security)
         else:
+            credentials, metadata = grpc_credentials(config.security, token_as_metadata=True)  # cheaper a call
+            self.metadata = metadata or None
             options = [*_CHANNEL_OPTIONS, ("grpc.lb_policy_name", config.lb_policy)]
-            self.channels = [grpc.aio.insecure_channel(config.target, options=options)
-                             for _ in range(config.channels)]
+            if credentials is None:
+                self.channels = [grpc.aio.insecure_channel(config.target, options=options)
+                                 for _ in range(config.channels)]
+            else:
+                self.channels = [grpc.aio.secure_channel(config.target, credentials, options=options)
+                                 for _ in range(config.channels)]
             self.requests = self._requests()
 
     def _requests(self) -> list:
@@ -128,8 +137,8 @@ class ProcessRun:
     async def run(self) -> dict:
         await _sleep_until(self.start)
         if self.config.stream:
-            sessions = [StreamSession(stream_opener(self.config.api, ch), self.tally, self.config.timeout_s)
-                        for ch in self.channels]
+            sessions = [StreamSession(stream_opener(self.config.api, ch, self.metadata or ()), self.tally,
+                                      self.config.timeout_s) for ch in self.channels]
             try:
                 if self.config.mode == "closed":
                     await self._closed_stream(sessions)
@@ -147,13 +156,13 @@ class ProcessRun:
                 self.rest.close()
         else:
             methods = [self._unary_method(ch) for ch in self.channels]
-            timeout = self.config.timeout_s
+            timeout, metadata = self.config.timeout_s, self.metadata
             if self.config.mode == "closed":
                 await self._closed_unary([grpc_send(methods[i % len(methods)], self.requests[i % len(self.requests)],
-                                                    timeout) for i in range(self.plan.concurrency)])
+                                                    timeout, metadata) for i in range(self.plan.concurrency)])
             else:
                 await self._open_unary(lambda n: grpc_send(methods[n % len(methods)],
-                                                           self.requests[n % len(self.requests)], timeout)())
+                                                           self.requests[n % len(self.requests)], timeout, metadata)())
         for channel in self.channels:
             await channel.close()
         return self.tally.result()

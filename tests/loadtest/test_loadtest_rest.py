@@ -90,7 +90,7 @@ def test_rest_only_options_are_refused_elsewhere(tmp_path):
     from service.cli import main as digits_main
 
     assert digits_main(["loadtest", "--api", "kserve_v2", "--binary-tensors"]) == 2
-    assert digits_main(["loadtest", "--api", "kserve_v2_rest", "--target", "https://127.0.0.1:1"]) == 2
+    assert digits_main(["loadtest", "--api", "kserve_v2_rest", "--target", "ftp://127.0.0.1:1"]) == 2
 
 
 def test_json_and_binary_bodies_carry_the_same_pixels():
