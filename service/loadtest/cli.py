@@ -1,4 +1,9 @@
-"""`digits loadtest`: the command-line face of the load tester."""
+"""`digits loadtest`: the command-line face of the load tester.
+
+Exit codes: 0 when some request succeeded, 1 when none did or the target failed the probe before
+the load (down, silent, or refusing our TLS or token: one line saying which), 2 for a
+configuration that cannot run.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from service.cpus import usable_cpus
 from service.loadtest.config import APIS, DEFAULT_REST_TARGET, DTYPES, MODES, REST_API, LoadConfig
 from service.loadtest.plot import plot_latency_vs_load
 from service.loadtest.report import describe, document, table, write_json
-from service.loadtest.runner import LoadTestError, run_load, sweep
+from service.loadtest.runner import LoadTestError, TargetUnusable, run_load, sweep
 
 
 def _rates(text: str) -> list[float]:
@@ -33,7 +38,9 @@ def add_commands(subparsers) -> None:
         "loadtest", help="drive a deployment with MNIST requests and report throughput and latency",
         description="Closed loop (fixed concurrency) or open loop (fixed arrival rate, latency from the "
                     "intended send time) load against a digits or any Open Inference Protocol server, over "
-                    "gRPC or the protocol's REST API (HTTP/1.1, one keep-alive connection per request in flight).")
+                    "gRPC or the protocol's REST API (HTTP/1.1, one keep-alive connection per request in flight). "
+                    "One probe call first: a target that does not answer or refuses us ends the command at once "
+                    "(exit 1).")
     parser.add_argument("--target", default=os.environ.get("DIGITS_TARGET"),
                         help=f"where the server listens: HOST:PORT for the gRPC APIs (default {DEFAULT_TARGET}), "
                              f"http(s)://HOST:PORT (or HOST:PORT, https when a TLS option is given) for {REST_API} "
@@ -114,6 +121,9 @@ def run_command(args: argparse.Namespace) -> int:
     print(describe(config, args.rates), flush=True)
     try:
         runs = sweep(config, args.rates) if args.rates else [run_load(config)]
+    except TargetUnusable as exc:
+        print(f"digits loadtest: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     except LoadTestError as exc:
         print(f"digits loadtest: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ A connection that saw a problem is closed; the next request opens a fresh one.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -318,8 +319,9 @@ class HttpConnection:
             except ssl.SSLError as exc:
                 detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
                 raise TlsFailed(f"TLS handshake with {self.target.authority} failed: {detail}") from None
-            except OSError as exc:
-                raise ConnectFailed(f"cannot connect to {self.target.authority}: {exc.strerror or exc}") from None
+            except OSError as exc:  # asyncio's own text repeats the address: say what the errno means
+                detail = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)
+                raise ConnectFailed(f"cannot connect to {self.target.authority}: {detail}") from None
             self.opened += 1
 
     async def request(self, request: bytes, timeout: float) -> Response:

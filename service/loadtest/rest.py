@@ -13,6 +13,7 @@ from the same options as the gRPC side's (service/client/security.py).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 
 from service.client.security import ClientSecurity, authorization, ssl_context
@@ -20,6 +21,8 @@ from service.loadtest.http import HttpClientError, HttpConnection, build_request
 from service.loadtest.rest_payload import RestPayload, binary_reply_problem
 
 INVALID_REPLY = "CLIENT_INVALID_RESPONSE"
+PROBE_PATH = "/v2"  # the protocol's server metadata: every V2 server has it, and a token guards it
+REFUSED = (401, 403)
 
 
 class RestClient:
@@ -33,6 +36,7 @@ class RestClient:
         self.payloads = payloads
         self.requests = [build_request("POST", p.path, self.target, {**p.headers, **headers}, p.body)
                          for p in payloads]
+        self.probe_request = build_request("GET", PROBE_PATH, self.target, headers, b"")
         self.timeout_s = timeout_s
         self._idle: list[HttpConnection] = []
         self._all: list[HttpConnection] = []
@@ -55,6 +59,21 @@ class RestClient:
 
         await asyncio.gather(*(open_one(connection) for connection in connections))
         self._idle.extend(connections)
+
+    async def probe(self, timeout_s: float) -> str | None:
+        """Asks for the server metadata (`GET /v2`) once, on a connection the load then reuses: why
+        the target cannot be load-tested (no connection, no TLS, no answer, the token refused), or
+        None. Any other answer, even an error status, is the load's to count."""
+        connection = self._idle.pop() if self._idle else self._new_connection()
+        try:
+            response = await connection.request(self.probe_request, timeout_s)
+        except HttpClientError as exc:
+            return f"GET {PROBE_PATH}: {exc}"
+        finally:
+            self._idle.append(connection)
+        if response.status in REFUSED:
+            return f"GET {PROBE_PATH} refused: HTTP {response.status} {_error_text(response.body)}".rstrip()
+        return None
 
     def slot(self, index: int) -> Callable[[], Awaitable[str]]:
         """Closed loop: slot `index`'s send, on a connection of its own (one taken from `connect`'s if any)."""
@@ -90,3 +109,11 @@ class RestClient:
         for connection in self._all:
             connection.close()
 
+
+def _error_text(body: bytes) -> str:
+    """A V2 error reply's `error` (`{"error": "..."}`), else the start of the body, on one line."""
+    try:
+        text = str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        text = body[:200].decode("utf-8", "replace")
+    return " ".join(text.split())

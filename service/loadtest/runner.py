@@ -1,8 +1,9 @@
 """Runs one load test across several client processes and merges what they measured.
 
 Client processes are fresh interpreters (never forked; see `ipc`), so a caller that already
-holds gRPC objects cannot hand a child a broken gRPC runtime. They connect first, then all start
-on one instant chosen by the parent, so warm-up and measurement windows line up across processes.
+holds gRPC objects cannot hand a child a broken gRPC runtime. They connect and probe the target
+first, then all start on one instant chosen by the parent, so warm-up and measurement windows line
+up across processes. A target that fails the probe raises `TargetUnusable` before any load.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class LoadTestError(RuntimeError):
     """A client process failed (not the target: its errors are counted, not raised)."""
 
 
+class TargetUnusable(LoadTestError):
+    """The probe before the load found the target down, silent, or refusing our TLS or token."""
+
+
 class _Client:
     """One client process and a thread that turns its stdout frames into queue items."""
 
@@ -78,6 +83,10 @@ class _Client:
 
     def send(self, obj) -> None:
         write_frame(self.process.stdin, obj)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
 
     def close(self) -> None:
         try:
@@ -108,6 +117,10 @@ def run_load(config: LoadConfig, on_window: WindowObserver | None = None) -> dic
             clients.append(_Client(config, plan))
         for client in clients:
             message = client.receive(_CONNECT_GRACE_S + config.timeout_s)
+            if message[0] == "unusable":
+                for other in clients:  # the others would only find the same: do not wait for their probes
+                    other.kill()
+                raise TargetUnusable(f"{config.target}: {message[2]}")
             if message[0] != "ready":
                 raise LoadTestError(f"client process {message[1]} failed while starting:\n{message[2]}")
         measure_start = clock() + _START_MARGIN_S + config.warmup_s

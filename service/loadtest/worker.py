@@ -9,6 +9,10 @@ capped; a request that would exceed the cap is not sent and is counted as CLIENT
 Every unary call, gRPC or REST, is a coroutine that returns the code to count ("OK", a gRPC
 status name, an HTTP status), so both loops are the same for both protocols. What is counted and
 how is in `tally`; streams are in `stream`; REST connections and replies in `rest`.
+
+Before it reports ready, the process makes one probe call on every connection (`ProcessRun.connect`):
+a target that does not answer, or refuses our TLS or token, ends the run before it starts, in one
+line, instead of a whole duration of identical failures.
 """
 
 from __future__ import annotations
@@ -17,20 +21,20 @@ import asyncio
 import gc
 import sys
 import traceback
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Awaitable, Sequence
 from typing import BinaryIO, Callable
 
 import grpc
 
+from service.client.mnist_files import load_test_images
 from service.client.security import grpc_credentials
 from service.contract import FEATURES
 from service.generated.digits.v1 import digits_pb2_grpc
-from service.generated.inference import grpc_predict_v2_pb2_grpc
+from service.generated.inference import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from service.loadtest.config import LoadConfig
 from service.loadtest.ipc import read_frame, write_frame
-from service.client.mnist_files import load_test_images
 from service.loadtest.payload import build_requests, synthetic_images
 from service.loadtest.rest import RestClient
 from service.loadtest.rest_payload import build_rest_payloads
@@ -38,6 +42,11 @@ from service.loadtest.stream import StreamSession, stream_opener
 from service.loadtest.tally import Tally, clock
 
 INFLIGHT_LIMIT = "CLIENT_INFLIGHT_LIMIT"
+PROBE_TIMEOUT_S = 5.0  # at most this long for the probe call (less with a shorter --timeout)
+# Probe failures that mean the load cannot run: nothing answers, or it will not talk to us. Any
+# other status (UNIMPLEMENTED from a server without the probe method, say) lets the load go on.
+_FATAL_PROBE_CODES = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED))
 _TIMER_SLACK_S = 0.001  # asyncio's timer resolution on Linux (epoll_wait takes milliseconds)
 _RING_BYTES = 64 << 20  # at most this much prebuilt payload per process
 _CHANNEL_OPTIONS = [
@@ -61,6 +70,25 @@ def grpc_send(method: Callable, request, timeout: float, metadata: Sequence[tupl
             return exc.code().name
 
     return send
+
+
+async def probe_channel(channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]] | None,
+                        timeout: float) -> str | None:
+    """One V2 `ServerLive` call, for either gRPC API: why the load cannot run on this channel, or None.
+
+    ServerLive is guarded by the token like inference, costs the server nothing and is not in its
+    request metrics (GetModelInfo would be), so the server's count still equals the load's. A
+    server without it answers UNIMPLEMENTED, which is not a reason to stop."""
+    name = "ServerLive"
+    try:
+        await grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel).ServerLive(
+            grpc_predict_v2_pb2.ServerLiveRequest(), timeout=timeout, metadata=metadata)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in _FATAL_PROBE_CODES:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return f"no answer to {name} within {timeout:g} s"
+            return f"{name}: {exc.code().name}: {' '.join((exc.details() or '').split())}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -116,18 +144,18 @@ class ProcessRun:
                               batch_size=config.batch_size, dtype=config.dtype,
                               activations=config.activations, model_name=config.model_name)
 
-    async def connect(self) -> None:
-        """Waits briefly for every connection; an unreachable target shows up as UNAVAILABLE errors
-        (gRPC) or CLIENT_CONNECT_FAILED (REST: one connection a closed-loop slot, opened here)."""
+    async def connect(self) -> str | None:
+        """Opens every connection (REST: one a closed-loop slot) and makes one probe call on each
+        (REST: one), so the load starts on open connections; returns why the target cannot be
+        load-tested (see `probe_channel`, `RestClient.probe`), or None."""
+        timeout = min(self.config.timeout_s, PROBE_TIMEOUT_S)
         if self.rest is not None:
             if self.config.mode == "closed":
-                await self.rest.connect(self.plan.concurrency, min(self.config.timeout_s, 5.0))
-            return
-        try:
-            await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in self.channels)),
-                                   timeout=min(self.config.timeout_s, 5.0))
-        except (asyncio.TimeoutError, grpc.aio.AioRpcError):
-            pass
+                await self.rest.connect(self.plan.concurrency, timeout)
+            return await self.rest.probe(timeout)
+        problems = await asyncio.gather(*(probe_channel(channel, self.metadata, timeout)
+                                          for channel in self.channels))
+        return next((problem for problem in problems if problem), None)
 
     def _unary_method(self, channel) -> Callable:
         if self.config.api == "kserve_v2":
@@ -135,6 +163,17 @@ class ProcessRun:
         return digits_pb2_grpc.DigitClassifierStub(channel).Classify
 
     async def run(self) -> dict:
+        await self._drive()
+        await self.close()
+        return self.tally.result()
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+        if self.rest is not None:
+            self.rest.close()
+
+    async def _drive(self) -> None:
         await _sleep_until(self.start)
         if self.config.stream:
             sessions = [StreamSession(stream_opener(self.config.api, ch, self.metadata or ()), self.tally,
@@ -163,9 +202,6 @@ class ProcessRun:
             else:
                 await self._open_unary(lambda n: grpc_send(methods[n % len(methods)],
                                                            self.requests[n % len(self.requests)], timeout, metadata)())
-        for channel in self.channels:
-            await channel.close()
-        return self.tally.result()
 
     async def _closed_unary(self, slots: list[Send]) -> None:
         """Each slot sends its next request when its previous answer arrives."""
@@ -256,11 +292,16 @@ async def _sleep_until(when: float) -> None:
         await asyncio.sleep(delay)
 
 
-async def _main(config: LoadConfig, plan: ProcessPlan, inbox: BinaryIO, outbox: BinaryIO) -> dict:
+async def _main(config: LoadConfig, plan: ProcessPlan, inbox: BinaryIO, outbox: BinaryIO) -> dict | None:
+    """Result of the run, or None when the probe found the target unusable (the parent was told)."""
     loop = asyncio.get_running_loop()
     # Build everything with a provisional window; the real one comes from the parent.
     run = ProcessRun(config, plan, clock() + 3600)
-    await run.connect()
+    problem = await run.connect()
+    if problem is not None:
+        await run.close()
+        write_frame(outbox, ("unusable", plan.index, problem))
+        return None
     gc.collect()
     gc.freeze()  # setup objects never need scanning again: fewer, shorter GC pauses under load
     write_frame(outbox, ("ready", plan.index))
@@ -278,7 +319,8 @@ def main() -> int:
     config, plan = read_frame(inbox)
     try:
         result = asyncio.run(_main(config, plan, inbox, outbox))
-        write_frame(outbox, ("result", plan.index, result))
+        if result is not None:
+            write_frame(outbox, ("result", plan.index, result))
     except BaseException:  # noqa: BLE001 - the parent must hear about any failure
         write_frame(outbox, ("failed", plan.index, traceback.format_exc()))
         return 1

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from service.cli import main as digits_main
-from tests.loadtest.test_loadtest import assert_sane, loadtest
-from tests.support.secured import TOKEN
+from tests.loadtest.test_loadtest import assert_sane, loadtest, loadtest_refused
+from tests.support.secured import REFUSAL, TOKEN
 
 QUICK = ["--concurrency", "2", "--processes", "1", "--warmup", "0", "--duration", "0.3", "--timeout", "5"]
 SECURITY_ENV = ("DIGITS_TLS_CA", "DIGITS_TLS_CERT", "DIGITS_TLS_KEY", "DIGITS_TOKEN", "DIGITS_TOKEN_FILE",
@@ -60,6 +60,46 @@ def test_mutual_tls_with_the_client_certificate(secured, tmp_path, api):
     server = secured.mutual_tls
     assert_clean(*loadtest(tmp_path, *target_of(server, api), "--api", api,
                            *secured.client_options(client_cert=True), *QUICK))
+
+
+@pytest.mark.parametrize("api, refusal", [
+    ("kserve_v2", "ServerLive: UNAVAILABLE: "),
+    ("kserve_v2_rest", "GET /v2: server closed the connection"),
+])
+def test_mutual_tls_without_a_client_certificate_is_refused_before_the_load(secured, capsys, api, refusal):
+    server = secured.mutual_tls
+    code, err = loadtest_refused(capsys, *target_of(server, api), "--api", api, *secured.client_options(),
+                                 "--processes", "1", "--warmup", "0", "--duration", "60")
+    target = target_of(server, api)[1]
+    assert code == 1 and err.startswith(f"digits loadtest: {target}: {refusal}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("api, refusal", [
+    ("kserve_v2", f"ServerLive: UNAUTHENTICATED: {REFUSAL}"),
+    ("digits_v1", f"ServerLive: UNAUTHENTICATED: {REFUSAL}"),
+    ("kserve_v2_rest", f"GET /v2 refused: HTTP 401 {REFUSAL}"),
+])
+@pytest.mark.parametrize("token", [None, "wrong"])
+def test_a_missing_or_wrong_token_is_refused_before_the_load(secured, capsys, api, refusal, token):
+    server = secured.tls_token
+    options = secured.client_options()
+    if token == "wrong":
+        options += ["--token-file", str(secured.wrong_token_file)]
+    code, err = loadtest_refused(capsys, *target_of(server, api), "--api", api, *options,
+                                 "--processes", "2", "--warmup", "0", "--duration", "60")
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(f"digits loadtest: {target_of(server, api)[1]}: {refusal}"), err
+
+
+def test_an_untrusted_server_certificate_is_refused_before_the_load(secured, capsys):
+    server = secured.tls_token
+    code, err = loadtest_refused(capsys, "--target", server.http_url, "--api", "kserve_v2_rest",
+                                 "--tls-ca", str(secured.stranger_ca.issued.cert),
+                                 "--token-file", str(secured.token_file),
+                                 "--processes", "1", "--warmup", "0", "--duration", "60")
+    assert code == 1
+    assert err == (f"digits loadtest: {server.http_url}: GET /v2: TLS handshake with {server.http_url[8:]} failed: "
+                   "unable to get local issuer certificate\n")
 
 
 @pytest.mark.parametrize("api", ["kserve_v2", "kserve_v2_rest"])
