@@ -2,7 +2,7 @@
 
 Exit codes: 0 when some request succeeded, 1 when none did or the target failed the probe before
 the load (down, silent, or refusing our TLS or token: one line saying which), 2 for a
-configuration that cannot run.
+configuration that cannot run, 130 after Ctrl-C (with the summary of what was measured so far).
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from service.cpus import usable_cpus
 from service.loadtest.config import APIS, DEFAULT_REST_TARGET, DTYPES, MODES, REST_API, LoadConfig
 from service.loadtest.plot import plot_latency_vs_load
 from service.loadtest.report import describe, document, table, write_json
-from service.loadtest.runner import LoadTestError, TargetUnusable, run_load, sweep
+from service.loadtest.runner import LoadInterrupted, LoadTestError, TargetUnusable, run_load, sweep
+
+PROG = "digits loadtest"
+EXIT_INTERRUPTED = 130  # what a shell reports for a command ended by SIGINT (128 + 2)
 
 
 def _rates(text: str) -> list[float]:
@@ -33,14 +36,17 @@ def _rates(text: str) -> list[float]:
     return rates
 
 
-def add_commands(subparsers) -> None:
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Registers `loadtest` on the `digits` command (see service/cli.py)."""
     parser = subparsers.add_parser(
-        "loadtest", help="drive a deployment with MNIST requests and report throughput and latency",
+        "loadtest", help="drive a deployment over gRPC or REST with MNIST requests and report throughput and latency",
         description="Closed loop (fixed concurrency) or open loop (fixed arrival rate, latency from the "
                     "intended send time) load against a digits or any Open Inference Protocol server, over "
-                    "gRPC or the protocol's REST API (HTTP/1.1, one keep-alive connection per request in flight). "
-                    "One probe call first: a target that does not answer or refuses us ends the command at once "
-                    "(exit 1).")
+                    f"gRPC (--api kserve_v2, digits_v1; --stream for their streams) or the protocol's REST API "
+                    f"(--api {REST_API}: HTTP/1.1, one keep-alive connection per request in flight), with TLS "
+                    "and a bearer token when the server wants them. One probe call first: a target that does "
+                    "not answer or refuses us ends the command at once (exit 1). Ctrl-C prints what was "
+                    "measured so far (exit 130).")
     parser.add_argument("--target", default=os.environ.get("DIGITS_TARGET"),
                         help=f"where the server listens: HOST:PORT for the gRPC APIs (default {DEFAULT_TARGET}), "
                              f"http(s)://HOST:PORT (or HOST:PORT, https when a TLS option is given) for {REST_API} "
@@ -105,35 +111,50 @@ def config_from_args(args: argparse.Namespace,
 
 
 def run_command(args: argparse.Namespace) -> int:
+    """Runs the load and prints it; Ctrl-C at any point ends in exit 130 without a traceback."""
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args, client_security.from_args(args))
         config.validate()
     except ValueError as exc:  # SecurityOptionsError included
-        print(f"digits loadtest: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     warning = client_security.plaintext_token_warning(config.security, config.target)
     if warning:
-        print(f"digits loadtest: warning: {warning}", file=sys.stderr)
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     mnist = Path(config.mnist_dir) / TEST_IMAGES_FILE
     if not (mnist.exists() or mnist.with_suffix("").exists()):
-        print(f"digits loadtest: no MNIST test images in {config.mnist_dir}; sending random pixels",
-              file=sys.stderr)
+        print(f"{PROG}: no MNIST test images in {config.mnist_dir}; sending random pixels", file=sys.stderr)
     print(describe(config, args.rates), flush=True)
+    interrupted = False
     try:
         runs = sweep(config, args.rates) if args.rates else [run_load(config)]
     except TargetUnusable as exc:
-        print(f"digits loadtest: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"{PROG}: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except LoadTestError as exc:
-        print(f"digits loadtest: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    print(table(runs))
-    if args.json:
+    except LoadInterrupted as exc:
+        runs, interrupted = exc.runs, True
+    if runs:
+        print(table(runs), flush=True)
+    if args.json and runs:
         write_json(args.json, document(config, runs, shlex.join(getattr(sys, "orig_argv", sys.argv))))
         print(f"JSON written to {args.json}")
-    if args.plot:
+    if args.plot and runs:
         plot_latency_vs_load(runs, args.plot, f"digits loadtest: {config.api}{' stream' if config.stream else ''}"
                                               f"{' binary' if config.binary_tensors else ''}, "
                                               f"batch {config.batch_size} {config.dtype}, {config.target}")
         print(f"plot written to {args.plot}")
+    if interrupted:
+        print(f"{PROG}: interrupted" + ("" if runs else " before anything was measured"), file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0 if any(run["ok"] for run in runs) else 1

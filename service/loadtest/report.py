@@ -62,6 +62,9 @@ def table(runs: list[dict]) -> str:
                          f"max {_fmt(lag['max'], 3)} ms (included in latency)")
         if run["errors"]:
             lines.append("    errors: " + ", ".join(f"{code} {count:,}" for code, count in run["errors"].items()))
+        if run.get("partial"):
+            lines.append(f"    partial: interrupted after {run['duration_s']:.1f} s measured; requests cut off "
+                         "in flight are not counted")
     return "\n".join(lines)
 
 

@@ -162,17 +162,19 @@ class StreamSession:
             for request_id in [rid for rid, entry in self._pending.items() if entry[0] < limit]:
                 self._complete(self._pending.pop(request_id), "DEADLINE_EXCEEDED")
 
-    async def close(self) -> None:
-        """Waits (bounded by the timeout) for outstanding answers, then ends the stream."""
+    async def close(self, drain: bool = True) -> None:
+        """Waits (bounded by the timeout; not at all without `drain`) for outstanding answers, then
+        ends the stream."""
         deadline = clock() + self._timeout_s + 0.5
-        while self._pending and clock() < deadline:
+        while drain and self._pending and clock() < deadline:
             await asyncio.sleep(0.005)
         self._writer.cancel()
         self._sweeper.cancel()
         call = self._call
         if call is not None:
             try:
-                await asyncio.wait_for(call.done_writing(), timeout=1.0)
+                if drain:  # a polite end; an interrupted run just cancels
+                    await asyncio.wait_for(call.done_writing(), timeout=1.0)
             except BaseException:  # noqa: BLE001 - shutting down
                 pass
             call.cancel()

@@ -12,7 +12,9 @@ how is in `tally`; streams are in `stream`; REST connections and replies in `res
 
 Before it reports ready, the process makes one probe call on every connection (`ProcessRun.connect`):
 a target that does not answer, or refuses our TLS or token, ends the run before it starts, in one
-line, instead of a whole duration of identical failures.
+line, instead of a whole duration of identical failures. Once running, a "stop" frame from the
+parent (or the parent going away) ends the run at once with what was measured so far: that is how
+Ctrl-C on `digits loadtest` gets its partial summary.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import threading
 import traceback
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -114,6 +117,7 @@ class ProcessRun:
         self.channels: list = []
         self.rest: RestClient | None = None
         self.metadata: tuple[tuple[str, str], ...] | None = None
+        self.interrupted = False
         if config.rest:
             self.rest = RestClient(config.target, self._requests(), config.timeout_s, config.security)
         else:
@@ -162,8 +166,23 @@ class ProcessRun:
             return grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
         return digits_pb2_grpc.DigitClassifierStub(channel).Classify
 
-    async def run(self) -> dict:
-        await self._drive()
+    async def run(self, stop: asyncio.Event | None = None) -> dict:
+        """Drives the load to the end of the window, or until `stop` is set: then whatever is in
+        flight is cancelled and the result holds what was measured so far, marked interrupted."""
+        load = asyncio.ensure_future(self._drive())
+        if stop is not None:
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait((load, stopped), return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not load.done():
+                self.interrupted = True
+                self.tally.interrupt(clock())
+                load.cancel()
+        try:
+            await load
+        except asyncio.CancelledError:
+            if not self.interrupted:
+                raise
         await self.close()
         return self.tally.result()
 
@@ -184,7 +203,7 @@ class ProcessRun:
                 else:
                     await self._open_stream(sessions)
             finally:
-                await asyncio.gather(*(session.close() for session in sessions))
+                await asyncio.gather(*(session.close(drain=not self.interrupted) for session in sessions))
         elif self.rest is not None:
             try:
                 if self.config.mode == "closed":
@@ -269,9 +288,13 @@ class ProcessRun:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-        await self._open_schedule(issue)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self._open_schedule(issue)
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for task in tasks:  # only when interrupted: otherwise all are done
+                task.cancel()
 
     async def _open_stream(self, sessions: list[StreamSession]) -> None:
         tally, cap = self.tally, self.config.max_inflight
@@ -292,6 +315,18 @@ async def _sleep_until(when: float) -> None:
         await asyncio.sleep(delay)
 
 
+def _watch_parent(inbox: BinaryIO, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Sets `stop` when the parent says "stop" or goes away (its end of our stdin closes)."""
+    try:
+        read_frame(inbox)
+    except (EOFError, OSError, ValueError):
+        pass
+    try:
+        loop.call_soon_threadsafe(stop.set)
+    except RuntimeError:  # the run is over and its loop closed: nothing to stop
+        pass
+
+
 async def _main(config: LoadConfig, plan: ProcessPlan, inbox: BinaryIO, outbox: BinaryIO) -> dict | None:
     """Result of the run, or None when the probe found the target unusable (the parent was told)."""
     loop = asyncio.get_running_loop()
@@ -309,12 +344,18 @@ async def _main(config: LoadConfig, plan: ProcessPlan, inbox: BinaryIO, outbox: 
     run.tally.measure_start = measure_start
     run.tally.measure_end = measure_start + config.duration_s
     run.start = measure_start - config.warmup_s
-    return await run.run()
+    stop = asyncio.Event()
+    # A daemon thread, not the executor: asyncio.run would wait for an executor thread still
+    # blocked on stdin, which the parent closes only after our result.
+    threading.Thread(target=_watch_parent, args=(inbox, loop, stop), daemon=True).start()
+    return await run.run(stop)
 
 
 def main() -> int:
     """Entry point of a client process: read the job on stdin, report ready and results on stdout."""
-    inbox, outbox = sys.stdin.buffer, sys.stdout.buffer
+    # stdin unbuffered: a thread waits on it for "stop" (`_watch_parent`) while the interpreter may
+    # be exiting, and a buffered reader's lock held by that thread would abort the exit.
+    inbox, outbox = sys.stdin.buffer.raw, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write into the frame stream
     config, plan = read_frame(inbox)
     try:
@@ -322,7 +363,10 @@ def main() -> int:
         if result is not None:
             write_frame(outbox, ("result", plan.index, result))
     except BaseException:  # noqa: BLE001 - the parent must hear about any failure
-        write_frame(outbox, ("failed", plan.index, traceback.format_exc()))
+        try:
+            write_frame(outbox, ("failed", plan.index, traceback.format_exc()))
+        except OSError:  # the parent has gone: there is no one to tell
+            pass
         return 1
     return 0
 

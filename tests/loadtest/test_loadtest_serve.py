@@ -1,11 +1,18 @@
 """`digits loadtest` against the real `digits serve` (the session's `server`): V2 streaming counted by the
-server's own /metrics."""
+server's own /metrics, and Ctrl-C in the middle of a run."""
 
 from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
 from tests.loadtest.test_loadtest import assert_sane, loadtest
+from tests.support import MNIST_DIR, REPO, wait_for
 
 QUICK = ["--processes", "1", "--warmup", "0", "--duration", "0.5", "--timeout", "5"]
 
@@ -39,3 +46,42 @@ def test_v2_stream_errors_are_counted_per_message(server, tmp_path):
     assert code == 1
     (run,) = doc["runs"]
     assert run["ok"] == 0 and run["requests"] > 0 and run["errors"] == {"ERROR_MESSAGE": run["requests"]}
+
+
+@pytest.mark.parametrize("api, method, whole_group", [("kserve_v2", "ModelInfer", True),
+                                                      ("kserve_v2_rest", "ModelInfer", False),
+                                                      ("digits_v1", "ClassifyStream", True)])
+def test_ctrl_c_prints_the_partial_summary_and_exits_130(server, tmp_path, api, method, whole_group):
+    """SIGINT once the server has answered measured requests, to the command alone (`kill -INT`) or to
+    its whole process group as a terminal's Ctrl-C does (the command runs in a session of its own, so
+    that group is the command and nothing else): the same table, marked partial, and exit 130."""
+    metrics_api = "kserve_v2_rest" if api == "kserve_v2_rest" else api
+    before = ok_count(server, method, metrics_api)
+    report = tmp_path / "partial.json"
+    target = server.http_url if api == "kserve_v2_rest" else server.address
+    stream = ["--stream"] if api == "digits_v1" else []
+    command = [sys.executable, "-m", "service.cli", "loadtest", "--target", target, "--api", api, *stream,
+               "--concurrency", "4", "--processes", "2", "--warmup", "0", "--duration", "600",
+               "--mnist-dir", str(MNIST_DIR), "--json", str(report)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    try:
+        measuring = wait_for(lambda: ok_count(server, method, metrics_api) - before >= 50, timeout=60, interval=0.1)
+        if whole_group:
+            os.killpg(process.pid, signal.SIGINT)  # its own session: the group is this command's alone
+        else:
+            process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert measuring, err
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and err == "digits loadtest: interrupted\n"
+    assert "    partial: interrupted after " in out and "JSON written to" in out
+    (run,) = json.loads(report.read_text())["runs"]
+    assert run["partial"] is True and run["processes"] == 2
+    assert 0 < run["ok"] <= ok_count(server, method, metrics_api) - before  # the server answered at least those
+    assert run["errors"] == {} and run["duration_s"] < 600
+    assert f"{run['ok']:,}" in out.splitlines()[3]  # the table row under the header and its rule
