@@ -26,7 +26,7 @@ import numpy as np
 
 from service.client import security
 from service.client.digit_client import DigitClient, Prediction
-from service.client.mnist_files import default_mnist_dir, load_test_set
+from service.client.mnist_files import MNIST_DIR_ENV, default_mnist_dir, load_test_set
 from service.client.preprocess import PreprocessError, load_grayscale, preprocess
 from service.contract import DEFAULT_TARGET
 
@@ -89,12 +89,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                         help="PNG or JPEG files; any size, dark-on-light or light-on-dark")
     parser.add_argument("--mnist-index", type=int, action="append", default=[], metavar="N",
                         help="also classify MNIST test image N (repeatable)")
-    parser.add_argument("--mnist-dir", type=Path,
-                        default=default_mnist_dir(),
-                        help="folder with the MNIST test IDX files "
-                             "(env DIGITS_MNIST_DIR; default: %(default)s)")
-    parser.add_argument("--target", default=os.environ.get("DIGITS_TARGET", DEFAULT_TARGET),
-                        help="server address host:port (env DIGITS_TARGET; default: %(default)s)")
+    parser.add_argument("--data-dir", dest="data_dir", type=Path, default=default_mnist_dir(),
+                        help=f"folder with the MNIST test IDX files (env {MNIST_DIR_ENV}; default: %(default)s)")
+    # the old name, still accepted; --data-dir is what train/export/evaluate call the same folder
+    parser.add_argument("--mnist-dir", dest="data_dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--target", default=None,
+                        help=f"server address host:port (env DIGITS_TARGET; default: {DEFAULT_TARGET})")
     parser.add_argument("--model-version", default="",
                         help="model version to ask for (default: the server's default)")
     parser.add_argument("--timeout", type=float, default=10.0,
@@ -120,11 +120,12 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         print(f"{prog}: error: --batch-size must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
+    args.target = args.target or os.environ.get("DIGITS_TARGET") or DEFAULT_TARGET
     try:
         settings = security.from_args(args)
         items = [load_file(path, args.raw) for path in args.images]
         if args.mnist_index:
-            items += load_mnist_test(args.mnist_index, args.mnist_dir)
+            items += load_mnist_test(args.mnist_index, args.data_dir)
     except (InputError, security.SecurityOptionsError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

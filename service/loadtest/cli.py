@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from service.client import security as client_security
-from service.client.mnist_files import TEST_IMAGES_FILE, default_mnist_dir
+from service.client.mnist_files import MNIST_DIR_ENV, TEST_IMAGES_FILE, default_mnist_dir
 from service.contract import DEFAULT_MODEL_NAME, DEFAULT_TARGET
 from service.cpus import usable_cpus
 from service.loadtest.config import APIS, DEFAULT_REST_TARGET, DTYPES, MODES, REST_API, LoadConfig
@@ -23,6 +23,7 @@ from service.loadtest.report import describe, document, table, write_json
 from service.loadtest.runner import LoadInterrupted, LoadTestError, TargetUnusable, run_load, sweep
 
 PROG = "digits loadtest"
+TARGET_ENV, HTTP_TARGET_ENV = "DIGITS_TARGET", "DIGITS_HTTP_TARGET"
 EXIT_INTERRUPTED = 130  # what a shell reports for a command ended by SIGINT (128 + 2)
 
 
@@ -47,10 +48,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                     "and a bearer token when the server wants them. One probe call first: a target that does "
                     "not answer or refuses us ends the command at once (exit 1). Ctrl-C prints what was "
                     "measured so far (exit 130).")
-    parser.add_argument("--target", default=os.environ.get("DIGITS_TARGET"),
-                        help=f"where the server listens: HOST:PORT for the gRPC APIs (default {DEFAULT_TARGET}), "
-                             f"http(s)://HOST:PORT (or HOST:PORT, https when a TLS option is given) for {REST_API} "
-                             f"(default {DEFAULT_REST_TARGET}); $DIGITS_TARGET overrides both defaults")
+    parser.add_argument("--target", default=None,
+                        help=f"where the server listens: HOST:PORT for the gRPC APIs (default ${TARGET_ENV}, else "
+                             f"{DEFAULT_TARGET}); http(s)://HOST:PORT or HOST:PORT for {REST_API} (default "
+                             f"${HTTP_TARGET_ENV}, else {DEFAULT_REST_TARGET}; https when a TLS option is given)")
     parser.add_argument("--api", choices=APIS, default="kserve_v2",
                         help="kserve_v2: ModelInfer of the Open Inference Protocol over gRPC; digits_v1: Classify; "
                              f"{REST_API}: POST /v2/models/MODEL/infer of the same protocol over HTTP, JSON tensors "
@@ -88,17 +89,33 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-requests", type=int, default=0,
                         help="stop after this many measured requests (0: run for --duration)")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="kserve_v2 model name")
-    parser.add_argument("--mnist-dir", default=str(default_mnist_dir()),
-                        help="directory with t10k-images-idx3-ubyte.gz (env DIGITS_MNIST_DIR; random pixels if absent)")
+    add_data_dir_option(parser, f"folder with {TEST_IMAGES_FILE} (env {MNIST_DIR_ENV}; random pixels if absent; "
+                                "default: %(default)s)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write latency percentiles vs offered load as a PNG (meant for --rates)")
     client_security.add_options(parser)
     parser.set_defaults(handler=run_command)
 
 
+def add_data_dir_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """--data-dir, the name train/export/evaluate use for the same folder, with --mnist-dir (its old
+    name here) still accepted but left out of the help."""
+    parser.add_argument("--data-dir", dest="data_dir", type=Path, default=default_mnist_dir(), help=help_text)
+    parser.add_argument("--mnist-dir", dest="data_dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def default_target(api: str, environ: dict[str, str] | None = None) -> str:
+    """Where to send load without --target: $DIGITS_HTTP_TARGET for REST and $DIGITS_TARGET for gRPC
+    (they are different ports), else the protocol's default port on this machine."""
+    environ = os.environ if environ is None else environ
+    if api == REST_API:
+        return environ.get(HTTP_TARGET_ENV) or DEFAULT_REST_TARGET
+    return environ.get(TARGET_ENV) or DEFAULT_TARGET
+
+
 def config_from_args(args: argparse.Namespace,
                      security: client_security.ClientSecurity = client_security.ClientSecurity()) -> LoadConfig:
-    target = args.target or (DEFAULT_REST_TARGET if args.api == REST_API else DEFAULT_TARGET)
+    target = args.target or default_target(args.api)
     return LoadConfig(
         target=target, api=args.api, stream=args.stream, binary_tensors=args.binary_tensors,
         mode="open" if args.rates else args.mode, concurrency=args.concurrency,
@@ -106,7 +123,7 @@ def config_from_args(args: argparse.Namespace,
         batch_size=args.batch_size, dtype=args.dtype, activations=args.activations,
         warmup_s=args.warmup, duration_s=args.duration, timeout_s=args.timeout,
         max_inflight=args.max_inflight, max_requests=args.max_requests,
-        model_name=args.model_name, mnist_dir=args.mnist_dir, security=security,
+        model_name=args.model_name, mnist_dir=str(args.data_dir), security=security,
     )
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
-from tests.support import closed_port
+from service.cli import build_parser, main
+from tests.support import MNIST_DIR, closed_port
 from tests.support.secured import REFUSAL, TOKEN
 
 INDEX = 0  # MNIST test image 0, a 7 the shipped model gets right
@@ -118,3 +118,13 @@ def test_unusable_options_exit_2_before_any_call(secured, capsys, monkeypatch, t
     assert code == 2 and out == ""
     assert err.startswith("digits classify: error: ") and complaint in err and err.count("\n") == 1, err
 
+
+def test_data_dir_is_the_option_and_mnist_dir_its_hidden_alias(capsys):
+    parser = build_parser()
+    for option in ("--data-dir", "--mnist-dir"):
+        assert parser.parse_args(["classify", option, str(MNIST_DIR)]).data_dir == MNIST_DIR
+    with pytest.raises(SystemExit):
+        parser.parse_args(["classify", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--data-dir" in help_text and "--mnist-dir" not in help_text
+    assert "--tls-ca" in help_text and "--token-file" in help_text

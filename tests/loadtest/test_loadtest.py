@@ -68,13 +68,13 @@ def noop():
 def loadtest(tmp_path: Path, *args: str) -> tuple[int, dict]:
     """Runs `digits loadtest ... --json` in-process (its client processes are spawned) and reads the JSON."""
     report = tmp_path / "report.json"
-    code = digits_main(["loadtest", "--mnist-dir", str(MNIST_DIR), *args, "--json", str(report)])
+    code = digits_main(["loadtest", "--data-dir", str(MNIST_DIR), *args, "--json", str(report)])
     return code, json.loads(report.read_text())
 
 
 def loadtest_refused(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     """Runs `digits loadtest` in-process for a run that must not start; its exit code and stderr."""
-    code = digits_main(["loadtest", "--mnist-dir", str(MNIST_DIR), *args])
+    code = digits_main(["loadtest", "--data-dir", str(MNIST_DIR), *args])
     return code, capsys.readouterr().err
 
 

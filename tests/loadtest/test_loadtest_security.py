@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from service.cli import main as digits_main
 from tests.loadtest.test_loadtest import assert_sane, loadtest, loadtest_refused
 from tests.support.secured import REFUSAL, TOKEN
 
 QUICK = ["--concurrency", "2", "--processes", "1", "--warmup", "0", "--duration", "0.3", "--timeout", "5"]
 SECURITY_ENV = ("DIGITS_TLS_CA", "DIGITS_TLS_CERT", "DIGITS_TLS_KEY", "DIGITS_TOKEN", "DIGITS_TOKEN_FILE",
-                "DIGITS_TARGET")
+                "DIGITS_TARGET", "DIGITS_HTTP_TARGET")
 
 
 @pytest.fixture(autouse=True)
@@ -47,12 +46,12 @@ def test_tls_and_token(secured, tmp_path, api, extra):
 
 
 def test_rest_target_without_scheme_is_https_with_tls_options(secured, tmp_path, monkeypatch):
-    """--target as HOST:PORT, the CA and token from the environment: https, authorised."""
+    """$DIGITS_HTTP_TARGET as HOST:PORT, the CA and token from the environment: https, authorised."""
     server = secured.tls_token
+    monkeypatch.setenv("DIGITS_HTTP_TARGET", server.http_url.removeprefix("https://"))
     monkeypatch.setenv("DIGITS_TLS_CA", str(secured.ca.issued.cert))
     monkeypatch.setenv("DIGITS_TOKEN", TOKEN)
-    assert_clean(*loadtest(tmp_path, "--target", server.http_url.removeprefix("https://"), "--api", "kserve_v2_rest",
-                           *QUICK))
+    assert_clean(*loadtest(tmp_path, "--api", "kserve_v2_rest", *QUICK))
 
 
 @pytest.mark.parametrize("api", ["kserve_v2", "kserve_v2_rest"])
@@ -114,6 +113,6 @@ def test_a_token_over_plaintext_is_sent_with_a_warning(secured, tmp_path, capsys
 
 
 def test_http_target_with_tls_options_is_refused(secured, capsys):
-    code = digits_main(["loadtest", "--api", "kserve_v2_rest", "--target", "http://127.0.0.1:1",
-                        *secured.client_options()])
-    assert code == 2 and "is http:// but TLS options are given: write https://" in capsys.readouterr().err
+    code, err = loadtest_refused(capsys, "--api", "kserve_v2_rest", "--target", "http://127.0.0.1:1",
+                                 *secured.client_options())
+    assert code == 2 and "is http:// but TLS options are given: write https://" in err

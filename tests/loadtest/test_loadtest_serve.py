@@ -1,5 +1,5 @@
 """`digits loadtest` against the real `digits serve` (the session's `server`): V2 streaming counted by the
-server's own /metrics, and Ctrl-C in the middle of a run."""
+server's own /metrics, the REST target from $DIGITS_HTTP_TARGET, and Ctrl-C in the middle of a run."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from service.cli import build_parser
 from tests.loadtest.test_loadtest import assert_sane, loadtest
 from tests.support import MNIST_DIR, REPO, wait_for
 
@@ -48,6 +50,19 @@ def test_v2_stream_errors_are_counted_per_message(server, tmp_path):
     assert run["ok"] == 0 and run["requests"] > 0 and run["errors"] == {"ERROR_MESSAGE": run["requests"]}
 
 
+def test_rest_target_from_digits_http_target(server, tmp_path, monkeypatch):
+    """$DIGITS_TARGET is the gRPC port, $DIGITS_HTTP_TARGET the REST one: --api kserve_v2_rest takes the latter."""
+    monkeypatch.setenv("DIGITS_TARGET", server.address)
+    for http_target in (server.http_url, server.http_url.removeprefix("http://")):
+        monkeypatch.setenv("DIGITS_HTTP_TARGET", http_target)
+        code, doc = loadtest(tmp_path, "--api", "kserve_v2_rest", "--concurrency", "2", *QUICK)
+        assert code == 0
+        (run,) = doc["runs"]
+        assert run["target"] == http_target and run["ok"] > 0 and run["errors"] == {}
+    code, doc = loadtest(tmp_path, "--concurrency", "2", *QUICK)  # gRPC still goes to $DIGITS_TARGET
+    assert code == 0 and doc["runs"][0]["target"] == server.address and doc["runs"][0]["ok"] > 0
+
+
 @pytest.mark.parametrize("api, method, whole_group", [("kserve_v2", "ModelInfer", True),
                                                       ("kserve_v2_rest", "ModelInfer", False),
                                                       ("digits_v1", "ClassifyStream", True)])
@@ -62,7 +77,7 @@ def test_ctrl_c_prints_the_partial_summary_and_exits_130(server, tmp_path, api, 
     stream = ["--stream"] if api == "digits_v1" else []
     command = [sys.executable, "-m", "service.cli", "loadtest", "--target", target, "--api", api, *stream,
                "--concurrency", "4", "--processes", "2", "--warmup", "0", "--duration", "600",
-               "--mnist-dir", str(MNIST_DIR), "--json", str(report)]
+               "--data-dir", str(MNIST_DIR), "--json", str(report)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
     try:
@@ -85,3 +100,14 @@ def test_ctrl_c_prints_the_partial_summary_and_exits_130(server, tmp_path, api, 
     assert 0 < run["ok"] <= ok_count(server, method, metrics_api) - before  # the server answered at least those
     assert run["errors"] == {} and run["duration_s"] < 600
     assert f"{run['ok']:,}" in out.splitlines()[3]  # the table row under the header and its rule
+
+
+def test_loadtest_help_names_rest_and_the_new_options(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["loadtest", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for fragment in ("REST", "kserve_v2_rest", "--tls-ca", "--tls-cert", "--tls-key", "--token-file",
+                     "DIGITS_HTTP_TARGET", "--data-dir", "ModelStreamInfer"):
+        assert fragment in text, fragment
+    assert "--mnist-dir" not in text
+    assert build_parser().parse_args(["loadtest", "--mnist-dir", "x"]).data_dir == Path("x")
