@@ -11,6 +11,7 @@ import pytest
 
 from tests.support import MODEL_NAME, MODELS
 from tests.support.models import offline_model
+from tests.support.secured import SecuredServers
 from tests.support.server import RunningServer
 
 
@@ -38,3 +39,13 @@ def model_path() -> Path:
 def offline(model_path):
     """The served model run offline: the oracle the server must match."""
     return offline_model(model_path)
+
+
+@pytest.fixture(scope="session")
+def secured(tmp_path_factory):
+    """Servers wanting TLS, mutual TLS or a token, and the files a client needs for them
+    (tests/support/secured.py); each starts on first use."""
+    servers = SecuredServers(tmp_path_factory.mktemp("secured"))
+    yield servers
+    exits = servers.stop()
+    assert set(exits.values()) <= {0}, exits

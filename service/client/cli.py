@@ -6,7 +6,9 @@ index (`--mnist-index`), which are already in that form and are sent untouched â
 a deployment against known answers. All images go in one Classify call per `--batch-size`.
 
 Errors end the command with one line on stderr: exit 2 for a bad input (unreadable or blank
-picture, index out of range), exit 1 when the server call fails (the gRPC status is shown).
+picture, index out of range, a TLS or token option that cannot be used), exit 1 when the server
+call fails (the gRPC status is shown, e.g. UNAUTHENTICATED when the token is missing or wrong).
+TLS and the token come from service.client.security, the same options `digits loadtest` takes.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from typing import Any
 import grpc
 import numpy as np
 
+from service.client import security
 from service.client.digit_client import DigitClient, Prediction
-from service.contract import DEFAULT_TARGET
-from service.shared.mnist_files import default_mnist_dir, load_test_set
+from service.shared.mnist_files import MNIST_DIR_ENV, default_mnist_dir, load_test_set
 from service.shared.preprocess import PreprocessError, load_grayscale, preprocess
+from service.contract import DEFAULT_TARGET
 
 EXIT_RPC_ERROR = 1
 EXIT_BAD_INPUT = 2
@@ -86,12 +89,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                         help="PNG or JPEG files; any size, dark-on-light or light-on-dark")
     parser.add_argument("--mnist-index", type=int, action="append", default=[], metavar="N",
                         help="also classify MNIST test image N (repeatable)")
-    parser.add_argument("--mnist-dir", type=Path,
-                        default=default_mnist_dir(),
-                        help="folder with the MNIST test IDX files "
-                             "(env DIGITS_MNIST_DIR; default: %(default)s)")
-    parser.add_argument("--target", default=os.environ.get("DIGITS_TARGET", DEFAULT_TARGET),
-                        help="server address host:port (env DIGITS_TARGET; default: %(default)s)")
+    parser.add_argument("--data-dir", dest="data_dir", type=Path, default=default_mnist_dir(),
+                        help=f"folder with the MNIST test IDX files (env {MNIST_DIR_ENV}; default: %(default)s)")
+    # the old name, still accepted; --data-dir is what train/export/evaluate call the same folder
+    parser.add_argument("--mnist-dir", dest="data_dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--target", default=None,
+                        help=f"server address host:port (env DIGITS_TARGET; default: {DEFAULT_TARGET})")
     parser.add_argument("--model-version", default="",
                         help="model version to ask for (default: the server's default)")
     parser.add_argument("--timeout", type=float, default=10.0,
@@ -104,6 +107,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                         help="send files as they are, without MNIST-style preprocessing; they must "
                              "already be 28x28 light-on-dark MNIST-style digits")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    security.add_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -116,15 +120,20 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         print(f"{prog}: error: --batch-size must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
+    args.target = args.target or os.environ.get("DIGITS_TARGET") or DEFAULT_TARGET
     try:
+        settings = security.from_args(args)
         items = [load_file(path, args.raw) for path in args.images]
         if args.mnist_index:
-            items += load_mnist_test(args.mnist_index, args.mnist_dir)
-    except InputError as exc:
+            items += load_mnist_test(args.mnist_index, args.data_dir)
+    except (InputError, security.SecurityOptionsError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    warning = security.plaintext_token_warning(settings, args.target)
+    if warning:
+        print(f"{prog}: warning: {warning}", file=sys.stderr)
     try:
-        model_name, model_version, predictions = _classify(items, args)
+        model_name, model_version, predictions = _classify(items, args, settings)
     except grpc.RpcError as exc:
         details = " ".join((exc.details() or "").split())  # keep the message on one line
         print(f"{prog}: error: {args.target}: {exc.code().name}: {details}", file=sys.stderr)
@@ -139,11 +148,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _classify(items: list[Item], args: argparse.Namespace) -> tuple[str, str, list[Prediction]]:
+def _classify(items: list[Item], args: argparse.Namespace,
+              settings: security.ClientSecurity) -> tuple[str, str, list[Prediction]]:
     pixels = np.stack([item.pixels for item in items])
     predictions: list[Prediction] = []
     name = version = ""
-    with DigitClient(args.target, timeout=args.timeout, model_version=args.model_version) as client:
+    credentials, metadata = security.grpc_credentials(settings)
+    with DigitClient(args.target, timeout=args.timeout, model_version=args.model_version,
+                     credentials=credentials, metadata=metadata) as client:
         for start in range(0, len(items), args.batch_size):
             result = client.classify_batch(pixels[start:start + args.batch_size],
                                            include_activations=args.activations)

@@ -121,17 +121,21 @@ class DigitClient:
     """A channel to one server plus typed calls. Use as a context manager to close the channel.
 
     `timeout` is the deadline in seconds of each unary call (None: no deadline).
-    `credentials` switches to a TLS channel (e.g. `grpc.ssl_channel_credentials(...)`);
+    `credentials` switches to a TLS channel (e.g. `grpc.ssl_channel_credentials(...)`, composed
+    with call credentials for a token); `metadata` goes with every call (the way to send a token over
+    plaintext, where gRPC refuses call credentials; see service.client.security.grpc_credentials);
     `options` are passed to the channel unchanged (e.g. `("grpc.max_receive_message_length", n)`).
     """
 
     def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float | None = 10.0,
                  model_version: str = "",
                  credentials: grpc.ChannelCredentials | None = None,
+                 metadata: Sequence[tuple[str, str]] = (),
                  options: Sequence[tuple[str, Any]] = ()) -> None:
         self.target = target
         self.timeout = timeout
         self.model_version = model_version
+        self._metadata = tuple(metadata) or None
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=list(options))
         else:
@@ -161,7 +165,7 @@ class DigitClient:
         """Like `classify`, but also returns which model name and version answered."""
         request = build_request(images, include_activations=include_activations,
                                 request_id=request_id, model_version=self.model_version)
-        return decode_response(self._stub.Classify(request, timeout=self.timeout))
+        return decode_response(self._stub.Classify(request, timeout=self.timeout, metadata=self._metadata))
 
     def classify_stream(self, batches: Iterable[np.ndarray], *, include_activations: bool = False,
                         timeout: float | None = None) -> Iterator[ClassifyResult]:
@@ -187,7 +191,7 @@ class DigitClient:
                     return
                 yield request
 
-        for response in self._stub.ClassifyStream(requests(), timeout=timeout):
+        for response in self._stub.ClassifyStream(requests(), timeout=timeout, metadata=self._metadata):
             yield decode_response(response)
         if packing_error:
             raise packing_error[0]
@@ -196,7 +200,7 @@ class DigitClient:
         """Describes the served model (default: the client's `model_version`, else the server's)."""
         request = digits_pb2.GetModelInfoRequest(
             model_version=self.model_version if version is None else version)
-        info = self._stub.GetModelInfo(request, timeout=self.timeout)
+        info = self._stub.GetModelInfo(request, timeout=self.timeout, metadata=self._metadata)
         return ModelInfo(
             name=info.name, version=info.version,
             available_versions=tuple(info.available_versions),

@@ -1,4 +1,9 @@
-"""`digits loadtest`: the command-line face of the load tester."""
+"""`digits loadtest`: the command-line face of the load tester.
+
+Exit codes: 0 when some request succeeded, 1 when none did or the target failed the probe before
+the load (down, silent, or refusing our TLS or token: one line saying which), 2 for a
+configuration that cannot run, 130 after Ctrl-C (with the summary of what was measured so far).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,18 @@ import shlex
 import sys
 from pathlib import Path
 
-from service.shared.mnist_files import TEST_IMAGES_FILE, default_mnist_dir
+from service.client import security as client_security
+from service.shared.mnist_files import MNIST_DIR_ENV, TEST_IMAGES_FILE, default_mnist_dir
 from service.contract import DEFAULT_MODEL_NAME, DEFAULT_TARGET
 from service.cpus import usable_cpus
 from service.loadtest.config import APIS, DEFAULT_REST_TARGET, DTYPES, MODES, REST_API, LoadConfig
 from service.loadtest.plot import plot_latency_vs_load
 from service.loadtest.report import describe, document, table, write_json
-from service.loadtest.runner import LoadTestError, run_load, sweep
+from service.loadtest.runner import LoadInterrupted, LoadTestError, TargetUnusable, run_load, sweep
+
+PROG = "digits loadtest"
+TARGET_ENV, HTTP_TARGET_ENV = "DIGITS_TARGET", "DIGITS_HTTP_TARGET"
+EXIT_INTERRUPTED = 130  # what a shell reports for a command ended by SIGINT (128 + 2)
 
 
 def _rates(text: str) -> list[float]:
@@ -27,16 +37,21 @@ def _rates(text: str) -> list[float]:
     return rates
 
 
-def add_commands(subparsers) -> None:
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Registers `loadtest` on the `digits` command (see service/cli.py)."""
     parser = subparsers.add_parser(
-        "loadtest", help="drive a deployment with MNIST requests and report throughput and latency",
+        "loadtest", help="drive a deployment over gRPC or REST with MNIST requests and report throughput and latency",
         description="Closed loop (fixed concurrency) or open loop (fixed arrival rate, latency from the "
                     "intended send time) load against a digits or any Open Inference Protocol server, over "
-                    "gRPC or the protocol's REST API (HTTP/1.1, one keep-alive connection per request in flight).")
-    parser.add_argument("--target", default=os.environ.get("DIGITS_TARGET"),
-                        help=f"where the server listens: HOST:PORT for the gRPC APIs (default {DEFAULT_TARGET}), "
-                             f"http://HOST:PORT (or HOST:PORT) for {REST_API} (default {DEFAULT_REST_TARGET}); "
-                             "$DIGITS_TARGET overrides both defaults")
+                    f"gRPC (--api kserve_v2, digits_v1; --stream for their streams) or the protocol's REST API "
+                    f"(--api {REST_API}: HTTP/1.1, one keep-alive connection per request in flight), with TLS "
+                    "and a bearer token when the server wants them. One probe call first: a target that does "
+                    "not answer or refuses us ends the command at once (exit 1). Ctrl-C prints what was "
+                    "measured so far (exit 130).")
+    parser.add_argument("--target", default=None,
+                        help=f"where the server listens: HOST:PORT for the gRPC APIs (default ${TARGET_ENV}, else "
+                             f"{DEFAULT_TARGET}); http(s)://HOST:PORT or HOST:PORT for {REST_API} (default "
+                             f"${HTTP_TARGET_ENV}, else {DEFAULT_REST_TARGET}; https when a TLS option is given)")
     parser.add_argument("--api", choices=APIS, default="kserve_v2",
                         help="kserve_v2: ModelInfer of the Open Inference Protocol over gRPC; digits_v1: Classify; "
                              f"{REST_API}: POST /v2/models/MODEL/infer of the same protocol over HTTP, JSON tensors "
@@ -48,7 +63,9 @@ def add_commands(subparsers) -> None:
                              "Inference-Header-Content-Length), instead of JSON number arrays both ways; "
                              "what a performance-minded REST client sends")
     parser.add_argument("--stream", action="store_true",
-                        help="digits_v1 only: many requests in flight on one ClassifyStream per channel")
+                        help="gRPC only: many requests in flight on one stream per channel, ModelStreamInfer "
+                             "(kserve_v2) or ClassifyStream (digits_v1); a V2 answer with error_message counts "
+                             "as ERROR_MESSAGE")
     parser.add_argument("--mode", choices=MODES, default="closed",
                         help="closed: --concurrency requests always in flight; open: --rate arrivals/s whatever "
                              "the server does (latency from the intended send time)")
@@ -72,15 +89,33 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--max-requests", type=int, default=0,
                         help="stop after this many measured requests (0: run for --duration)")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="kserve_v2 model name")
-    parser.add_argument("--mnist-dir", default=str(default_mnist_dir()),
-                        help="directory with t10k-images-idx3-ubyte.gz (env DIGITS_MNIST_DIR; random pixels if absent)")
+    add_data_dir_option(parser, f"folder with {TEST_IMAGES_FILE} (env {MNIST_DIR_ENV}; random pixels if absent; "
+                                "default: %(default)s)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write latency percentiles vs offered load as a PNG (meant for --rates)")
+    client_security.add_options(parser)
     parser.set_defaults(handler=run_command)
 
 
-def config_from_args(args: argparse.Namespace) -> LoadConfig:
-    target = args.target or (DEFAULT_REST_TARGET if args.api == REST_API else DEFAULT_TARGET)
+def add_data_dir_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """--data-dir, the name train/export/evaluate use for the same folder, with --mnist-dir (its old
+    name here) still accepted but left out of the help."""
+    parser.add_argument("--data-dir", dest="data_dir", type=Path, default=default_mnist_dir(), help=help_text)
+    parser.add_argument("--mnist-dir", dest="data_dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def default_target(api: str, environ: dict[str, str] | None = None) -> str:
+    """Where to send load without --target: $DIGITS_HTTP_TARGET for REST and $DIGITS_TARGET for gRPC
+    (they are different ports), else the protocol's default port on this machine."""
+    environ = os.environ if environ is None else environ
+    if api == REST_API:
+        return environ.get(HTTP_TARGET_ENV) or DEFAULT_REST_TARGET
+    return environ.get(TARGET_ENV) or DEFAULT_TARGET
+
+
+def config_from_args(args: argparse.Namespace,
+                     security: client_security.ClientSecurity = client_security.ClientSecurity()) -> LoadConfig:
+    target = args.target or default_target(args.api)
     return LoadConfig(
         target=target, api=args.api, stream=args.stream, binary_tensors=args.binary_tensors,
         mode="open" if args.rates else args.mode, concurrency=args.concurrency,
@@ -88,34 +123,55 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         batch_size=args.batch_size, dtype=args.dtype, activations=args.activations,
         warmup_s=args.warmup, duration_s=args.duration, timeout_s=args.timeout,
         max_inflight=args.max_inflight, max_requests=args.max_requests,
-        model_name=args.model_name, mnist_dir=args.mnist_dir,
+        model_name=args.model_name, mnist_dir=str(args.data_dir), security=security,
     )
 
 
 def run_command(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    """Runs the load and prints it; Ctrl-C at any point ends in exit 130 without a traceback."""
     try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args, client_security.from_args(args))
         config.validate()
-    except ValueError as exc:
-        print(f"digits loadtest: {exc}", file=sys.stderr)
+    except ValueError as exc:  # SecurityOptionsError included
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
+    warning = client_security.plaintext_token_warning(config.security, config.target)
+    if warning:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     mnist = Path(config.mnist_dir) / TEST_IMAGES_FILE
     if not (mnist.exists() or mnist.with_suffix("").exists()):
-        print(f"digits loadtest: no MNIST test images in {config.mnist_dir}; sending random pixels",
-              file=sys.stderr)
+        print(f"{PROG}: no MNIST test images in {config.mnist_dir}; sending random pixels", file=sys.stderr)
     print(describe(config, args.rates), flush=True)
+    interrupted = False
     try:
         runs = sweep(config, args.rates) if args.rates else [run_load(config)]
+    except TargetUnusable as exc:
+        print(f"{PROG}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     except LoadTestError as exc:
-        print(f"digits loadtest: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    print(table(runs))
-    if args.json:
+    except LoadInterrupted as exc:
+        runs, interrupted = exc.runs, True
+    if runs:
+        print(table(runs), flush=True)
+    if args.json and runs:
         write_json(args.json, document(config, runs, shlex.join(getattr(sys, "orig_argv", sys.argv))))
         print(f"JSON written to {args.json}")
-    if args.plot:
+    if args.plot and runs:
         plot_latency_vs_load(runs, args.plot, f"digits loadtest: {config.api}{' stream' if config.stream else ''}"
                                               f"{' binary' if config.binary_tensors else ''}, "
                                               f"batch {config.batch_size} {config.dtype}, {config.target}")
         print(f"plot written to {args.plot}")
+    if interrupted:
+        print(f"{PROG}: interrupted" + ("" if runs else " before anything was measured"), file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0 if any(run["ok"] for run in runs) else 1

@@ -4,7 +4,9 @@ Why not aiohttp or httpx: the load tester must spend as little CPU per request a
 needs a fraction of what those do: one connection per in-flight request (HTTP/1.1 has no
 multiplexing), a request that is already bytes (built once, see `rest`), and a response read
 with Content-Length or chunked framing. Everything here is per connection and allocation-light:
-bytes in, a `Response` out; no header objects, no redirects, no cookies, no proxies, no TLS.
+bytes in, a `Response` out; no header objects, no redirects, no cookies, no proxies. TLS (https://)
+is asyncio's own, with an `ssl.SSLContext` the caller builds (service/client/security.py): the
+handshake happens once a connection, so it costs the load nothing per request.
 
 Problems are raised as `HttpClientError` subclasses, each with a short `code` the tally counts
 (`CLIENT_TIMEOUT`, `CLIENT_PROTOCOL_ERROR`, ...), and a message that says what was wrong.
@@ -14,6 +16,8 @@ A connection that saw a problem is closed; the next request opens a fresh one.
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -47,6 +51,13 @@ class ConnectFailed(HttpClientError):
     code = "CLIENT_CONNECT_FAILED"
 
 
+class TlsFailed(HttpClientError):
+    """The TLS handshake failed: the server's certificate is not trusted or not for this name, or
+    the server refused ours."""
+
+    code = "CLIENT_TLS_FAILED"
+
+
 class RequestTimeout(HttpClientError):
     """No complete response within the request's deadline."""
 
@@ -64,32 +75,41 @@ class Response:
 
 @dataclass(frozen=True)
 class HttpTarget:
-    """Where requests go: a host and port, and the Host header value they carry."""
+    """Where requests go: a host and port, whether over TLS, and the Host header value they carry."""
 
     host: str
     port: int
+    tls: bool = False
 
     @property
     def authority(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.authority}"
 
-def parse_target(target: str, default_port: int = 80) -> HttpTarget:
-    """`http://HOST:PORT` (a trailing `/` allowed) or a bare `HOST:PORT`; https and paths are refused
-    rather than silently ignored, since the load would then not go where the user meant."""
+
+def parse_target(target: str, tls: bool = False) -> HttpTarget:
+    """`http://HOST:PORT` or `https://HOST:PORT` (a trailing `/` allowed) or a bare `HOST:PORT`, which
+    means https when `tls` (TLS options were given) and http otherwise. Paths, other schemes and
+    http:// with TLS options are refused rather than silently ignored, since the load would then not
+    go where the user meant."""
     text = target.strip()
-    url = urlsplit(text if "://" in text else f"http://{text}")
-    if url.scheme != "http":
-        raise ValueError(f"REST target {target!r}: only http:// is supported (no TLS in the load tester)")
+    url = urlsplit(text if "://" in text else f"{'https' if tls else 'http'}://{text}")
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"REST target {target!r}: only http:// and https:// are supported")
+    if url.scheme == "http" and tls:
+        raise ValueError(f"REST target {target!r} is http:// but TLS options are given: write https://")
     if url.path not in ("", "/") or url.query or url.fragment or url.username or url.password:
         raise ValueError(f"REST target {target!r}: give the server's address only, e.g. http://127.0.0.1:8000")
     try:
-        port = url.port or default_port
+        port = url.port or (443 if url.scheme == "https" else 80)
     except ValueError as exc:
         raise ValueError(f"REST target {target!r}: {exc}") from None
     if not url.hostname:
         raise ValueError(f"REST target {target!r}: no host")
-    return HttpTarget(url.hostname, port)
+    return HttpTarget(url.hostname, port, url.scheme == "https")
 
 
 def build_request(method: str, path: str, target: HttpTarget, headers: dict[str, str], body: bytes) -> bytes:
@@ -275,21 +295,33 @@ class _ResponseReader(asyncio.Protocol):
 
 
 class HttpConnection:
-    """One keep-alive connection to `target`, one request at a time, reopened after any problem."""
+    """One keep-alive connection to `target`, one request at a time, reopened after any problem.
 
-    def __init__(self, target: HttpTarget) -> None:
+    An https target needs `tls`, the context that says which certificates to trust and which to show.
+    """
+
+    def __init__(self, target: HttpTarget, tls: ssl.SSLContext | None = None) -> None:
+        if target.tls and tls is None:
+            raise ValueError(f"{target.url} needs an ssl.SSLContext")
         self.target = target
+        self.tls = tls if target.tls else None
         self.opened = 0  # TCP connections opened so far (tests check that keep-alive reuses one)
         self._reader: _ResponseReader | None = None
 
     async def connect(self) -> None:
-        """Opens the TCP connection now (it is opened on first use otherwise)."""
+        """Opens the connection (and does the TLS handshake) now; it is opened on first use otherwise."""
         if self._reader is None or self._reader.closed:
             loop = asyncio.get_running_loop()
+            tls = {} if self.tls is None else {"ssl": self.tls, "server_hostname": self.target.host}
             try:
-                _, self._reader = await loop.create_connection(_ResponseReader, self.target.host, self.target.port)
-            except OSError as exc:
-                raise ConnectFailed(f"cannot connect to {self.target.authority}: {exc.strerror or exc}") from None
+                _, self._reader = await loop.create_connection(_ResponseReader, self.target.host, self.target.port,
+                                                               **tls)
+            except ssl.SSLError as exc:
+                detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+                raise TlsFailed(f"TLS handshake with {self.target.authority} failed: {detail}") from None
+            except OSError as exc:  # asyncio's own text repeats the address: say what the errno means
+                detail = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)
+                raise ConnectFailed(f"cannot connect to {self.target.authority}: {detail}") from None
             self.opened += 1
 
     async def request(self, request: bytes, timeout: float) -> Response:

@@ -22,12 +22,25 @@ def write_frame(stream: BinaryIO, obj: Any) -> None:
 
 
 def read_frame(stream: BinaryIO) -> Any:
-    """The next object, or raises EOFError when the other side has gone."""
-    header = stream.read(_HEADER.size)
+    """The next object, or raises EOFError when the other side has gone. `stream` may be unbuffered
+    (a raw pipe returns what has arrived so far, so each part is read until it is whole)."""
+    header = _read_exactly(stream, _HEADER.size)
     if len(header) < _HEADER.size:
         raise EOFError("stream closed")
     size = _HEADER.unpack(header)[0]
-    data = stream.read(size)
+    data = _read_exactly(stream, size)
     if len(data) < size:
         raise EOFError("stream closed mid-frame")
     return pickle.loads(data)
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    """`size` bytes, or fewer only at the end of the stream."""
+    parts, missing = [], size
+    while missing:
+        part = stream.read(missing)
+        if not part:
+            break
+        parts.append(part)
+        missing -= len(part)
+    return b"".join(parts)

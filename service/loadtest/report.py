@@ -23,6 +23,9 @@ def describe(config: LoadConfig, rates: list[float] | None = None) -> str:
     else:
         kind = "stream" if config.stream else "unary"
         connections = f"{config.channels} channel(s)"
+    security = config.security
+    if security.tls or security.token:
+        kind += ", " + security.describe()
     if rates:
         load = "rates " + ", ".join(f"{rate:g}" for rate in rates) + " /s, one run each"
     else:
@@ -59,6 +62,9 @@ def table(runs: list[dict]) -> str:
                          f"max {_fmt(lag['max'], 3)} ms (included in latency)")
         if run["errors"]:
             lines.append("    errors: " + ", ".join(f"{code} {count:,}" for code, count in run["errors"].items()))
+        if run.get("partial"):
+            lines.append(f"    partial: interrupted after {run['duration_s']:.1f} s measured; requests cut off "
+                         "in flight are not counted")
     return "\n".join(lines)
 
 

@@ -1,8 +1,14 @@
 """Runs one load test across several client processes and merges what they measured.
 
 Client processes are fresh interpreters (never forked; see `ipc`), so a caller that already
-holds gRPC objects cannot hand a child a broken gRPC runtime. They connect first, then all start
-on one instant chosen by the parent, so warm-up and measurement windows line up across processes.
+holds gRPC objects cannot hand a child a broken gRPC runtime. They connect and probe the target
+first, then all start on one instant chosen by the parent, so warm-up and measurement windows line
+up across processes. A target that fails the probe raises `TargetUnusable` before any load.
+
+The client processes run in a process group of their own, so a terminal's Ctrl-C reaches this
+process alone; it then tells each client to stop, gathers what they measured so far and raises
+`LoadInterrupted` carrying that partial result (a KeyboardInterrupt, so callers that do not look
+for it still stop as they did).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from service.loadtest.worker import ProcessPlan, clock
 PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999))
 _START_MARGIN_S = 0.05
 _CONNECT_GRACE_S = 30.0
+_STOP_GRACE_S = 10.0  # for stopped clients to hand over what they measured (they cancel, not drain)
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # where `service` can be imported from
 
 # on_window(measure_start, measure_end, client_pids): the measured window in `clock()` time.
@@ -50,14 +57,28 @@ class LoadTestError(RuntimeError):
     """A client process failed (not the target: its errors are counted, not raised)."""
 
 
+class TargetUnusable(LoadTestError):
+    """The probe before the load found the target down, silent, or refusing our TLS or token."""
+
+
+class LoadInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: `runs` holds the runs finished before it and, if measuring had begun,
+    the interrupted one's partial result (`"partial": True`)."""
+
+    def __init__(self, runs: list[dict]) -> None:
+        super().__init__("interrupted")
+        self.runs = runs
+
+
 class _Client:
     """One client process and a thread that turns its stdout frames into queue items."""
 
     def __init__(self, config: LoadConfig, plan: ProcessPlan) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PROJECT_ROOT, env.get("PYTHONPATH")]))
+        # process_group=0: a group of its own, out of reach of the terminal's SIGINT (see the module)
         self.process = subprocess.Popen([sys.executable, "-m", "service.loadtest.worker"], env=env,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, process_group=0)
         self.messages: queue.Queue = queue.Queue()
         write_frame(self.process.stdin, (config, plan))
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -78,6 +99,17 @@ class _Client:
 
     def send(self, obj) -> None:
         write_frame(self.process.stdin, obj)
+
+    def stop(self) -> None:
+        """Asks a running client to end now and report what it has (it may have finished already)."""
+        try:
+            self.send("stop")
+        except OSError:
+            pass
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
 
     def close(self) -> None:
         try:
@@ -103,29 +135,59 @@ def run_load(config: LoadConfig, on_window: WindowObserver | None = None) -> dic
     """
     config.validate()
     clients: list[_Client] = []
+    results: list[dict] = []
+    started = False
     try:
         for plan in split_plans(config):
             clients.append(_Client(config, plan))
         for client in clients:
             message = client.receive(_CONNECT_GRACE_S + config.timeout_s)
+            if message[0] == "unusable":
+                for other in clients:  # the others would only find the same: do not wait for their probes
+                    other.kill()
+                raise TargetUnusable(f"{config.target}: {message[2]}")
             if message[0] != "ready":
                 raise LoadTestError(f"client process {message[1]} failed while starting:\n{message[2]}")
         measure_start = clock() + _START_MARGIN_S + config.warmup_s
         for client in clients:
             client.send(measure_start)
+        started = True
         if on_window is not None:
             on_window(measure_start, measure_start + config.duration_s, [client.process.pid for client in clients])
         limit = config.warmup_s + config.duration_s + 2 * config.timeout_s + _CONNECT_GRACE_S
-        results = []
         for client in clients:
             message = client.receive(limit)
             if message[0] != "result":
                 raise LoadTestError(f"client process {message[1]} failed:\n{message[2]}")
             results.append(message[2])
+    except KeyboardInterrupt:
+        if not started:  # nothing measured yet: the clients are of no further use
+            for client in clients:
+                client.kill()
+            raise LoadInterrupted([]) from None
+        partial = _stop_and_gather(clients, results)
+        raise LoadInterrupted([summarise(config, partial)] if partial else []) from None
     finally:
         for client in clients:
             client.close()
     return summarise(config, results)
+
+
+def _stop_and_gather(clients: list[_Client], results: list[dict]) -> list[dict]:
+    """Stops the clients that have not reported yet and adds what each measured to `results`.
+    A second Ctrl-C gives up on the rest (they are killed)."""
+    pending = clients[len(results):]
+    for client in pending:
+        client.stop()
+    try:
+        for client in pending:
+            message = client.receive(_STOP_GRACE_S)
+            if message[0] == "result":
+                results.append(message[2])
+    except (KeyboardInterrupt, LoadTestError):
+        for client in pending:
+            client.kill()
+    return results
 
 
 def summarise(config: LoadConfig, results: list[dict]) -> dict:
@@ -162,6 +224,8 @@ def summarise(config: LoadConfig, results: list[dict]) -> dict:
         "activations": config.activations,
         "warmup_s": config.warmup_s,
         "duration_s": round(elapsed, 6),
+        # stopped by Ctrl-C: the counts and percentiles are over the time measured until then
+        "partial": any(result.get("interrupted", False) for result in results),
         "requests": ok + failed,
         "ok": ok,
         "failed": failed,
@@ -182,5 +246,12 @@ def _ms(seconds: float) -> float | None:
 
 
 def sweep(config: LoadConfig, rates: list[float]) -> list[dict]:
-    """One open-loop run per offered rate, in order (each with its own warm-up)."""
-    return [run_load(replace(config, mode="open", rate=rate)) for rate in rates]
+    """One open-loop run per offered rate, in order (each with its own warm-up). Interrupted, it
+    raises LoadInterrupted with the finished runs and the partial one."""
+    runs: list[dict] = []
+    for rate in rates:
+        try:
+            runs.append(run_load(replace(config, mode="open", rate=rate)))
+        except LoadInterrupted as exc:
+            raise LoadInterrupted(runs + exc.runs) from None
+    return runs

@@ -38,6 +38,7 @@ class Tally:
         self.sent_total = 0
         self.measured_started = 0
         self.stopped_at: float | None = None
+        self.interrupted = False
 
     def may_start(self, now: float) -> bool:
         """Whether another request may begin; notes the time the quota (if any) ran out."""
@@ -61,7 +62,7 @@ class Tally:
     def done(self, intended: float, finished: float, code: str, origin: float | None = None) -> None:
         """Records one outcome. `intended` places it in (or out of) the window; latency runs from
         `origin` (default: `intended`), the later of intended and actual send time."""
-        if not self.measure_start <= intended < self.measure_end:
+        if not self.measure_start <= intended < self.measure_end or self.interrupted:
             return
         if finished > self.last_finish:
             self.last_finish = finished
@@ -70,6 +71,14 @@ class Tally:
             self.histogram.record(finished - (intended if origin is None else origin))
         else:
             self.errors[code] = self.errors.get(code, 0) + 1
+
+    def interrupt(self, now: float) -> None:
+        """Ends the window at `now` (the user stopped the run): no request starts or counts after it,
+        so requests cut off in flight are neither successes nor failures, and the rate is over the
+        time actually measured."""
+        self.interrupted = True
+        self.measure_end = min(self.measure_end, max(now, self.measure_start))
+        self.stopped_at = now if self.stopped_at is None else min(self.stopped_at, now)
 
     def elapsed(self) -> float:
         """The span the measured requests cover.
@@ -87,7 +96,7 @@ class Tally:
 
     def result(self) -> dict:
         return {"ok": self.ok, "errors": dict(self.errors), "sent_total": self.sent_total,
-                "elapsed_s": self.elapsed(),
+                "elapsed_s": self.elapsed(), "interrupted": self.interrupted,
                 "histogram": self.histogram.to_state(), "send_lag": self.send_lag.to_state()}
 
 

@@ -9,6 +9,12 @@ capped; a request that would exceed the cap is not sent and is counted as CLIENT
 Every unary call, gRPC or REST, is a coroutine that returns the code to count ("OK", a gRPC
 status name, an HTTP status), so both loops are the same for both protocols. What is counted and
 how is in `tally`; streams are in `stream`; REST connections and replies in `rest`.
+
+Before it reports ready, the process makes one probe call on every connection (`ProcessRun.connect`):
+a target that does not answer, or refuses our TLS or token, ends the run before it starts, in one
+line, instead of a whole duration of identical failures. Once running, a "stop" frame from the
+parent (or the parent going away) ends the run at once with what was measured so far: that is how
+Ctrl-C on `digits loadtest` gets its partial summary.
 """
 
 from __future__ import annotations
@@ -16,27 +22,34 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import threading
 import traceback
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Awaitable
 from typing import BinaryIO, Callable
 
 import grpc
 
+from service.shared.mnist_files import load_test_images
+from service.client.security import grpc_credentials
 from service.contract import FEATURES
 from service.generated.digits.v1 import digits_pb2_grpc
-from service.generated.inference import grpc_predict_v2_pb2_grpc
+from service.generated.inference import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from service.loadtest.config import LoadConfig
 from service.loadtest.ipc import read_frame, write_frame
-from service.shared.mnist_files import load_test_images
 from service.loadtest.payload import build_requests, synthetic_images
 from service.loadtest.rest import RestClient
 from service.loadtest.rest_payload import build_rest_payloads
-from service.loadtest.stream import StreamSession
+from service.loadtest.stream import StreamSession, stream_opener
 from service.loadtest.tally import Tally, clock
 
 INFLIGHT_LIMIT = "CLIENT_INFLIGHT_LIMIT"
+PROBE_TIMEOUT_S = 5.0  # at most this long for the probe call (less with a shorter --timeout)
+# Probe failures that mean the load cannot run: nothing answers, or it will not talk to us. Any
+# other status (UNIMPLEMENTED from a server without the probe method, say) lets the load go on.
+_FATAL_PROBE_CODES = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED))
 _TIMER_SLACK_S = 0.001  # asyncio's timer resolution on Linux (epoll_wait takes milliseconds)
 _RING_BYTES = 64 << 20  # at most this much prebuilt payload per process
 _CHANNEL_OPTIONS = [
@@ -49,16 +62,36 @@ _CHANNEL_OPTIONS = [
 Send = Callable[[], Awaitable[str]]  # one call; returns the code to count
 
 
-def grpc_send(method: Callable, request, timeout: float) -> Send:
-    """A prebuilt gRPC unary call as a `Send`: its status name, "OK" on success."""
+def grpc_send(method: Callable, request, timeout: float, metadata: Sequence[tuple[str, str]] | None = None) -> Send:
+    """A prebuilt gRPC unary call as a `Send`: its status name, "OK" on success. `metadata` (the
+    token) goes with every call."""
     async def send() -> str:
         try:
-            await method(request, timeout=timeout)
+            await method(request, timeout=timeout, metadata=metadata)
             return "OK"
         except grpc.aio.AioRpcError as exc:
             return exc.code().name
 
     return send
+
+
+async def probe_channel(channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]] | None,
+                        timeout: float) -> str | None:
+    """One V2 `ServerLive` call, for either gRPC API: why the load cannot run on this channel, or None.
+
+    ServerLive is guarded by the token like inference, costs the server nothing and is not in its
+    request metrics (GetModelInfo would be), so the server's count still equals the load's. A
+    server without it answers UNIMPLEMENTED, which is not a reason to stop."""
+    name = "ServerLive"
+    try:
+        await grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel).ServerLive(
+            grpc_predict_v2_pb2.ServerLiveRequest(), timeout=timeout, metadata=metadata)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in _FATAL_PROBE_CODES:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return f"no answer to {name} within {timeout:g} s"
+            return f"{name}: {exc.code().name}: {' '.join((exc.details() or '').split())}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -83,12 +116,20 @@ class ProcessRun:
         self.start = measure_start - config.warmup_s
         self.channels: list = []
         self.rest: RestClient | None = None
+        self.metadata: tuple[tuple[str, str], ...] | None = None
+        self.interrupted = False
         if config.rest:
-            self.rest = RestClient(config.target, self._requests(), config.timeout_s)
+            self.rest = RestClient(config.target, self._requests(), config.timeout_s, config.security)
         else:
+            credentials, metadata = grpc_credentials(config.security, token_as_metadata=True)  # cheaper a call
+            self.metadata = metadata or None
             options = [*_CHANNEL_OPTIONS, ("grpc.lb_policy_name", config.lb_policy)]
-            self.channels = [grpc.aio.insecure_channel(config.target, options=options)
-                             for _ in range(config.channels)]
+            if credentials is None:
+                self.channels = [grpc.aio.insecure_channel(config.target, options=options)
+                                 for _ in range(config.channels)]
+            else:
+                self.channels = [grpc.aio.secure_channel(config.target, credentials, options=options)
+                                 for _ in range(config.channels)]
             self.requests = self._requests()
 
     def _requests(self) -> list:
@@ -107,36 +148,62 @@ class ProcessRun:
                               batch_size=config.batch_size, dtype=config.dtype,
                               activations=config.activations, model_name=config.model_name)
 
-    async def connect(self) -> None:
-        """Waits briefly for every connection; an unreachable target shows up as UNAVAILABLE errors
-        (gRPC) or CLIENT_CONNECT_FAILED (REST: one connection a closed-loop slot, opened here)."""
+    async def connect(self) -> str | None:
+        """Opens every connection (REST: one a closed-loop slot) and makes one probe call on each
+        (REST: one), so the load starts on open connections; returns why the target cannot be
+        load-tested (see `probe_channel`, `RestClient.probe`), or None."""
+        timeout = min(self.config.timeout_s, PROBE_TIMEOUT_S)
         if self.rest is not None:
             if self.config.mode == "closed":
-                await self.rest.connect(self.plan.concurrency, min(self.config.timeout_s, 5.0))
-            return
-        try:
-            await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in self.channels)),
-                                   timeout=min(self.config.timeout_s, 5.0))
-        except (asyncio.TimeoutError, grpc.aio.AioRpcError):
-            pass
+                await self.rest.connect(self.plan.concurrency, timeout)
+            return await self.rest.probe(timeout)
+        problems = await asyncio.gather(*(probe_channel(channel, self.metadata, timeout)
+                                          for channel in self.channels))
+        return next((problem for problem in problems if problem), None)
 
     def _unary_method(self, channel) -> Callable:
         if self.config.api == "kserve_v2":
             return grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
         return digits_pb2_grpc.DigitClassifierStub(channel).Classify
 
-    async def run(self) -> dict:
+    async def run(self, stop: asyncio.Event | None = None) -> dict:
+        """Drives the load to the end of the window, or until `stop` is set: then whatever is in
+        flight is cancelled and the result holds what was measured so far, marked interrupted."""
+        load = asyncio.ensure_future(self._drive())
+        if stop is not None:
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait((load, stopped), return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not load.done():
+                self.interrupted = True
+                self.tally.interrupt(clock())
+                load.cancel()
+        try:
+            await load
+        except asyncio.CancelledError:
+            if not self.interrupted:
+                raise
+        await self.close()
+        return self.tally.result()
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+        if self.rest is not None:
+            self.rest.close()
+
+    async def _drive(self) -> None:
         await _sleep_until(self.start)
         if self.config.stream:
-            sessions = [StreamSession(digits_pb2_grpc.DigitClassifierStub(ch), self.tally, self.config.timeout_s)
-                        for ch in self.channels]
+            sessions = [StreamSession(stream_opener(self.config.api, ch, self.metadata or ()), self.tally,
+                                      self.config.timeout_s) for ch in self.channels]
             try:
                 if self.config.mode == "closed":
                     await self._closed_stream(sessions)
                 else:
                     await self._open_stream(sessions)
             finally:
-                await asyncio.gather(*(session.close() for session in sessions))
+                await asyncio.gather(*(session.close(drain=not self.interrupted) for session in sessions))
         elif self.rest is not None:
             try:
                 if self.config.mode == "closed":
@@ -147,16 +214,13 @@ class ProcessRun:
                 self.rest.close()
         else:
             methods = [self._unary_method(ch) for ch in self.channels]
-            timeout = self.config.timeout_s
+            timeout, metadata = self.config.timeout_s, self.metadata
             if self.config.mode == "closed":
                 await self._closed_unary([grpc_send(methods[i % len(methods)], self.requests[i % len(self.requests)],
-                                                    timeout) for i in range(self.plan.concurrency)])
+                                                    timeout, metadata) for i in range(self.plan.concurrency)])
             else:
                 await self._open_unary(lambda n: grpc_send(methods[n % len(methods)],
-                                                           self.requests[n % len(self.requests)], timeout)())
-        for channel in self.channels:
-            await channel.close()
-        return self.tally.result()
+                                                           self.requests[n % len(self.requests)], timeout, metadata)())
 
     async def _closed_unary(self, slots: list[Send]) -> None:
         """Each slot sends its next request when its previous answer arrives."""
@@ -224,9 +288,13 @@ class ProcessRun:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-        await self._open_schedule(issue)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self._open_schedule(issue)
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for task in tasks:  # only when interrupted: otherwise all are done
+                task.cancel()
 
     async def _open_stream(self, sessions: list[StreamSession]) -> None:
         tally, cap = self.tally, self.config.max_inflight
@@ -247,11 +315,28 @@ async def _sleep_until(when: float) -> None:
         await asyncio.sleep(delay)
 
 
-async def _main(config: LoadConfig, plan: ProcessPlan, inbox: BinaryIO, outbox: BinaryIO) -> dict:
+def _watch_parent(inbox: BinaryIO, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Sets `stop` when the parent says "stop" or goes away (its end of our stdin closes)."""
+    try:
+        read_frame(inbox)
+    except (EOFError, OSError, ValueError):
+        pass
+    try:
+        loop.call_soon_threadsafe(stop.set)
+    except RuntimeError:  # the run is over and its loop closed: nothing to stop
+        pass
+
+
+async def _main(config: LoadConfig, plan: ProcessPlan, inbox: BinaryIO, outbox: BinaryIO) -> dict | None:
+    """Result of the run, or None when the probe found the target unusable (the parent was told)."""
     loop = asyncio.get_running_loop()
     # Build everything with a provisional window; the real one comes from the parent.
     run = ProcessRun(config, plan, clock() + 3600)
-    await run.connect()
+    problem = await run.connect()
+    if problem is not None:
+        await run.close()
+        write_frame(outbox, ("unusable", plan.index, problem))
+        return None
     gc.collect()
     gc.freeze()  # setup objects never need scanning again: fewer, shorter GC pauses under load
     write_frame(outbox, ("ready", plan.index))
@@ -259,19 +344,29 @@ async def _main(config: LoadConfig, plan: ProcessPlan, inbox: BinaryIO, outbox: 
     run.tally.measure_start = measure_start
     run.tally.measure_end = measure_start + config.duration_s
     run.start = measure_start - config.warmup_s
-    return await run.run()
+    stop = asyncio.Event()
+    # A daemon thread, not the executor: asyncio.run would wait for an executor thread still
+    # blocked on stdin, which the parent closes only after our result.
+    threading.Thread(target=_watch_parent, args=(inbox, loop, stop), daemon=True).start()
+    return await run.run(stop)
 
 
 def main() -> int:
     """Entry point of a client process: read the job on stdin, report ready and results on stdout."""
-    inbox, outbox = sys.stdin.buffer, sys.stdout.buffer
+    # stdin unbuffered: a thread waits on it for "stop" (`_watch_parent`) while the interpreter may
+    # be exiting, and a buffered reader's lock held by that thread would abort the exit.
+    inbox, outbox = sys.stdin.buffer.raw, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write into the frame stream
     config, plan = read_frame(inbox)
     try:
         result = asyncio.run(_main(config, plan, inbox, outbox))
-        write_frame(outbox, ("result", plan.index, result))
+        if result is not None:
+            write_frame(outbox, ("result", plan.index, result))
     except BaseException:  # noqa: BLE001 - the parent must hear about any failure
-        write_frame(outbox, ("failed", plan.index, traceback.format_exc()))
+        try:
+            write_frame(outbox, ("failed", plan.index, traceback.format_exc()))
+        except OSError:  # the parent has gone: there is no one to tell
+            pass
         return 1
     return 0
 

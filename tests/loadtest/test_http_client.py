@@ -113,16 +113,28 @@ def test_the_request_is_one_prebuilt_buffer():
                        b"Content-Type: application/json\r\n\r\n{}")
 
 
-@pytest.mark.parametrize("text, host, port", [("http://127.0.0.1:8000", "127.0.0.1", 8000),
-                                              ("http://127.0.0.1:8000/", "127.0.0.1", 8000),
-                                              ("127.0.0.2:9", "127.0.0.2", 9), ("http://localhost", "localhost", 80)])
-def test_targets_are_urls_or_host_port(text, host, port):
-    assert parse_target(text) == http.HttpTarget(host, port)
+@pytest.mark.parametrize("text, tls_options, host, port, tls", [
+    ("http://127.0.0.1:8000", False, "127.0.0.1", 8000, False),
+    ("http://127.0.0.1:8000/", False, "127.0.0.1", 8000, False),
+    ("127.0.0.2:9", False, "127.0.0.2", 9, False), ("http://localhost", False, "localhost", 80, False),
+    ("https://127.0.0.1:8443", False, "127.0.0.1", 8443, True), ("https://localhost", False, "localhost", 443, True),
+    ("127.0.0.1:8443", True, "127.0.0.1", 8443, True),  # TLS options make a bare HOST:PORT https
+])
+def test_targets_are_urls_or_host_port(text, tls_options, host, port, tls):
+    assert parse_target(text, tls=tls_options) == http.HttpTarget(host, port, tls)
 
 
-@pytest.mark.parametrize("text, complaint", [("https://127.0.0.1:8443", "only http://"),
-                                             ("http://127.0.0.1:8000/v2", "address only"),
-                                             ("http://127.0.0.1:99999", "REST target"), ("http://:80", "no host")])
-def test_targets_that_would_not_go_where_meant_are_refused(text, complaint):
+@pytest.mark.parametrize("text, tls_options, complaint", [
+    ("ftp://127.0.0.1:8443", False, "only http:// and https://"),
+    ("http://127.0.0.1:8000", True, "write https://"),  # TLS asked for, plaintext named: refuse, do not guess
+    ("http://127.0.0.1:8000/v2", False, "address only"),
+    ("http://127.0.0.1:99999", False, "REST target"), ("http://:80", False, "no host"),
+])
+def test_targets_that_would_not_go_where_meant_are_refused(text, tls_options, complaint):
     with pytest.raises(ValueError, match=complaint):
-        parse_target(text)
+        parse_target(text, tls=tls_options)
+
+
+def test_an_https_target_needs_a_tls_context():
+    with pytest.raises(ValueError, match="needs an ssl.SSLContext"):
+        HttpConnection(parse_target("https://127.0.0.1:8443"))

@@ -25,6 +25,7 @@ from service.loadtest.histogram import LatencyHistogram
 from service.loadtest.runner import run_load, split_plans
 from service.loadtest.tally import clock
 from tests.support import MNIST_DIR, REPO, closed_port
+from tests.support.server import HeldServer
 WARMUP_S, DURATION_S = 0.1, 0.4
 SHORT = ["--warmup", str(WARMUP_S), "--duration", str(DURATION_S), "--timeout", "5"]
 
@@ -67,8 +68,14 @@ def noop():
 def loadtest(tmp_path: Path, *args: str) -> tuple[int, dict]:
     """Runs `digits loadtest ... --json` in-process (its client processes are spawned) and reads the JSON."""
     report = tmp_path / "report.json"
-    code = digits_main(["loadtest", "--mnist-dir", str(MNIST_DIR), *args, "--json", str(report)])
+    code = digits_main(["loadtest", "--data-dir", str(MNIST_DIR), *args, "--json", str(report)])
     return code, json.loads(report.read_text())
+
+
+def loadtest_refused(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """Runs `digits loadtest` in-process for a run that must not start; its exit code and stderr."""
+    code = digits_main(["loadtest", "--data-dir", str(MNIST_DIR), *args])
+    return code, capsys.readouterr().err
 
 
 def assert_sane(run: dict, batch_size: int) -> None:
@@ -140,16 +147,24 @@ def test_errors_are_counted_by_status(noop, tmp_path):
     assert noop.counts()["kserve_v2.ModelInfer"] - before == run["sent_total"]
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_silent_server_gives_deadlines_and_inflight_limit(tmp_path, stream):
-    """A socket that accepts TCP but never speaks HTTP/2: requests hang until their deadline, and
-    the open loop's in-flight cap turns the rest into CLIENT_INFLIGHT_LIMIT instead of piling up."""
-    with socket.create_server(("127.0.0.1", 0)) as silent:
-        target = f"127.0.0.1:{silent.getsockname()[1]}"
-        api = ["--api", "digits_v1", "--stream"] if stream else []
-        code, doc = loadtest(tmp_path, "--target", target, *api, "--mode", "open", "--rate", "100",
-                             "--max-inflight", "5", "--processes", "1",
-                             "--warmup", "0", "--duration", "0.4", "--timeout", "0.2")
+@pytest.fixture(scope="module")
+def held():
+    """`digits serve` whose model computes nothing until released: it answers the probe (ServerLive)
+    but no inference request."""
+    server = HeldServer("--workers", "1")
+    yield server
+    server.release()
+    assert server.stop() == 0, server.log
+
+
+@pytest.mark.parametrize("api", ["kserve_v2", "digits_v1"])
+def test_unanswered_requests_give_deadlines_and_inflight_limit(held, tmp_path, api):
+    """A server that takes requests but never answers them: they hang until their deadline, and the
+    open loop's in-flight cap turns the rest into CLIENT_INFLIGHT_LIMIT instead of piling up."""
+    stream = ["--stream"] if api == "digits_v1" else []
+    code, doc = loadtest(tmp_path, "--target", held.address, "--api", api, *stream, "--mode", "open", "--rate", "100",
+                         "--max-inflight", "5", "--processes", "1",
+                         "--warmup", "0", "--duration", "0.4", "--timeout", "0.2")
     assert code == 1
     (run,) = doc["runs"]
     assert run["ok"] == 0 and abs(run["requests"] - 40) <= 1  # 100/s for 0.4 s
@@ -158,11 +173,23 @@ def test_silent_server_gives_deadlines_and_inflight_limit(tmp_path, stream):
         assert run["errors"]["DEADLINE_EXCEEDED"] == run["sent_total"]
 
 
-def test_unreachable_target_is_unavailable(tmp_path):
-    code, doc = loadtest(tmp_path, "--target", f"127.0.0.1:{closed_port()}", "--concurrency", "1", "--processes", "1",
-                         "--warmup", "0", "--duration", "0.2", "--timeout", "1")
+def test_a_closed_port_ends_the_command_at_once_in_one_line(capsys):
+    """The probe before the load: a minute-long run against a port nobody listens on ends before it
+    starts (a failed probe is the only way this test finishes inside its own timeout), exit 1."""
+    target = f"127.0.0.1:{closed_port()}"
+    code, err = loadtest_refused(capsys, "--target", target, "--processes", "2", "--warmup", "0", "--duration", "60")
     assert code == 1
-    assert set(doc["runs"][0]["errors"]) == {"UNAVAILABLE"}
+    assert err.startswith(f"digits loadtest: {target}: ServerLive: UNAVAILABLE: ") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("api", ["kserve_v2", "digits_v1"])
+def test_a_silent_server_ends_the_command_after_the_probe_deadline(capsys, api):
+    """A socket that accepts TCP but never speaks HTTP/2 does not answer the probe either."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        code, err = loadtest_refused(capsys, "--target", target, "--api", api, "--processes", "1",
+                                     "--warmup", "0", "--duration", "60", "--timeout", "0.5")
+    assert code == 1 and err == f"digits loadtest: {target}: no answer to ServerLive within 0.5 s\n"
 
 
 def test_rate_sweep_writes_json_and_plot(noop, tmp_path):
@@ -216,5 +243,6 @@ def test_load_is_split_over_processes():
 
 
 def test_invalid_combinations_are_refused(tmp_path):
-    assert digits_main(["loadtest", "--api", "kserve_v2", "--stream"]) == 2
-    assert digits_main(["loadtest", "--concurrency", "0"]) == 2
+    closed = f"127.0.0.1:{closed_port()}"  # never reached: the configuration is refused first
+    assert digits_main(["loadtest", "--target", closed, "--api", "kserve_v2_rest", "--stream"]) == 2
+    assert digits_main(["loadtest", "--target", closed, "--concurrency", "0"]) == 2

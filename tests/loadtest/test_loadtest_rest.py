@@ -13,7 +13,7 @@ import pytest
 from service.contract import FEATURES
 from service.loadtest.payload import batch_pixels, synthetic_images
 from service.loadtest.rest_payload import INFERENCE_HEADER, binary_reply_problem, json_numbers, rest_payload
-from tests.loadtest.test_loadtest import SHORT, assert_sane, loadtest
+from tests.loadtest.test_loadtest import SHORT, assert_sane, loadtest, loadtest_refused
 from tests.support import closed_port
 from tests.support.http_peer import MODEL, HttpPeer
 from tests.support.server import RunningServer
@@ -79,18 +79,21 @@ def test_binary_replies_whose_sizes_do_not_add_up_are_invalid(tmp_path):
     assert set(doc["runs"][0]["errors"]) == {"CLIENT_INVALID_RESPONSE"}
 
 
-def test_unreachable_rest_target_is_connect_failed(tmp_path):
-    code, doc = loadtest(tmp_path, "--target", f"http://127.0.0.1:{closed_port()}", "--api", "kserve_v2_rest",
-                         "--concurrency", "1", "--processes", "1", "--warmup", "0", "--duration", "0.2", "--timeout", "1")
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_an_unreachable_rest_target_ends_the_command_at_once(capsys, mode):
+    """The probe (GET /v2) fails to connect: exit 1 in one line instead of a minute of CLIENT_CONNECT_FAILED."""
+    target = f"http://127.0.0.1:{closed_port()}"
+    code, err = loadtest_refused(capsys, "--target", target, "--api", "kserve_v2_rest", "--mode", mode,
+                                 "--processes", "1", "--warmup", "0", "--duration", "60", "--timeout", "1")
     assert code == 1
-    assert set(doc["runs"][0]["errors"]) == {"CLIENT_CONNECT_FAILED"}
+    assert err == f"digits loadtest: {target}: GET /v2: cannot connect to {target[7:]}: Connection refused\n"
 
 
 def test_rest_only_options_are_refused_elsewhere(tmp_path):
     from service.cli import main as digits_main
 
     assert digits_main(["loadtest", "--api", "kserve_v2", "--binary-tensors"]) == 2
-    assert digits_main(["loadtest", "--api", "kserve_v2_rest", "--target", "https://127.0.0.1:1"]) == 2
+    assert digits_main(["loadtest", "--api", "kserve_v2_rest", "--target", "ftp://127.0.0.1:1"]) == 2
 
 
 def test_json_and_binary_bodies_carry_the_same_pixels():
