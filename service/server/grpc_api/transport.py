@@ -116,8 +116,8 @@ class CallArrived:
 
 class MessageReceived:
     """The read started by ``call.read()`` completed. ``data`` None with ``ok`` True: the client
-    half-closed; with ``ok`` False: the call died before a message reached us (the client left,
-    or gRPC core refused the message and answered the client itself); a CallFinished follows."""
+    half-closed, or left (a cancelled CallFinished follows); with ``ok`` False: gRPC core refused
+    the message (too large, undecodable) and answered the client itself (a CallFinished follows)."""
     __slots__ = ("call", "data", "ok")
 
     def __init__(self, call: Call, data: Optional[bytes], ok: bool) -> None:
