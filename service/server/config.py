@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from service.contract import (DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT,
                               DEFAULT_MODEL_NAME)
 from service.cpus import usable_cpus
+from service.server.repository import DEFAULT_ROOT, default_root
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class ServeConfig:
     http: bool = True
     http_port: int = DEFAULT_HTTP_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
-    model_repository: str = "models"
+    model_repository: str = DEFAULT_ROOT
     model_name: str = DEFAULT_MODEL_NAME
     model_version: str = ""
     workers: int = 0                       # 0: one per usable CPU
@@ -57,7 +58,8 @@ HELP = {
     "http": "serve the Open Inference Protocol over REST and the page at / (--no-http: gRPC only)",
     "http_port": "HTTP port of REST and the page (0 picks a free one)",
     "metrics_port": "HTTP port of Prometheus /metrics (0 picks a free one)",
-    "model_repository": "folder holding <model-name>/<version>/model.onnx",
+    "model_repository": "folder holding <model-name>/<version>/model.onnx; `models` means ./models if that "
+                        "folder exists, else the model shipped in the package",
     "model_name": "model folder in the repository; also the model's name on the V2 API",
     "model_version": "version folder to serve (default: the newest)",
     "workers": "server processes sharing the port (default: one per usable CPU)",
@@ -130,4 +132,6 @@ def from_args(args: argparse.Namespace) -> ServeConfig:
     values = {f.name: getattr(args, f.name) for f in fields(ServeConfig)}
     if values["workers"] <= 0:
         values["workers"] = usable_cpus()
+    if values["model_repository"] == DEFAULT_ROOT:
+        values["model_repository"] = str(default_root())
     return ServeConfig(**values)

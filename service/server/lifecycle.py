@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import REGISTRY, start_http_server
 
@@ -38,8 +39,8 @@ def announce(config: ServeConfig, grpc_port: int, http_port: int | None, metrics
     """The one line that says the server is up (tests and scripts wait for it)."""
     scheme = "https" if config.tls_cert else "http"
     http = f"{scheme}://{config.host}:{http_port}" if http_port is not None else "off"
-    log.info("serving grpc=%s:%d http=%s metrics=http://%s:%d/metrics workers=%d", config.host, grpc_port,
-             http, config.host, metrics_port, config.workers)
+    log.info("serving grpc=%s:%d http=%s metrics=http://%s:%d/metrics workers=%d repository=%s", config.host,
+             grpc_port, http, config.host, metrics_port, config.workers, Path(config.model_repository).absolute())
 
 
 def build_core(config: ServeConfig) -> InferenceCore:
@@ -127,8 +128,11 @@ def serve(config: ServeConfig, on_ready: Callable[[int, int | None], None] | Non
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: process.request_stop())
         port = process.start()
-    except (ModelLoadError, ModelNotFound, security.SecurityConfigError, OSError,
-            transport.UnsupportedGrpcio) as exc:
+    except ModelNotFound as exc:
+        log.error("cannot start: %s; name the model repository with --model-repository (or DIGITS_MODEL_REPOSITORY)",
+                  exc)
+        return 2
+    except (ModelLoadError, security.SecurityConfigError, OSError, transport.UnsupportedGrpcio) as exc:
         log.error("cannot start: %s", exc)
         return 2
     if on_ready is not None:
