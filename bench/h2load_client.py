@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.client.mnist_files import load_test_images
+from service.shared.mnist_files import load_test_images
 from service.contract import FEATURES, NUM_CLASSES, PROBABILITIES
 from service.loadtest.payload import KSERVE_ACTIVATION_OUTPUTS, KSERVE_OUTPUTS, build_requests, synthetic_images
 from service.loadtest.tally import clock

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.h2load_client import compare_probabilities
-from service.client.mnist_files import load_test_images
+from service.shared.mnist_files import load_test_images
 from service.contract import FEATURES, NUM_CLASSES, PROBABILITIES
 from service.loadtest.config import REST_API
 from service.loadtest.payload import batch_pixels, synthetic_images

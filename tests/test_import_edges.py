@@ -11,7 +11,7 @@ import sys
 
 from tests.support import REPO
 
-CLIENT_SIDE = ("service.client.digit_client", "service.client.preprocess", "service.client.mnist_files",
+CLIENT_SIDE = ("service.client.digit_client", "service.shared.preprocess", "service.shared.mnist_files",
                "service.client.cli", "service.loadtest.cli", "service.loadtest.worker", "service.loadtest.rest",
                "service.contract",
                "service.wire", "service.cpus", "bench.noop_server")

@@ -1,6 +1,6 @@
 """`digits classify`: ask a running server what digits some pictures show.
 
-Inputs are PNG/JPEG files, which get MNIST-style preprocessing (service.client.preprocess) because
+Inputs are PNG/JPEG files, which get MNIST-style preprocessing (service.shared.preprocess) because
 the network only reads centred, 20x20-scaled light-on-dark digits, and/or MNIST test images by
 index (`--mnist-index`), which are already in that form and are sent untouched — handy to check
 a deployment against known answers. All images go in one Classify call per `--batch-size`.
@@ -24,8 +24,8 @@ import numpy as np
 
 from service.client.digit_client import DigitClient, Prediction
 from service.contract import DEFAULT_TARGET
-from service.client.mnist_files import default_mnist_dir, load_test_set
-from service.client.preprocess import PreprocessError, load_grayscale, preprocess
+from service.shared.mnist_files import default_mnist_dir, load_test_set
+from service.shared.preprocess import PreprocessError, load_grayscale, preprocess
 
 EXIT_RPC_ERROR = 1
 EXIT_BAD_INPUT = 2

@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from service.client.mnist_files import TEST_IMAGES_FILE, default_mnist_dir
+from service.shared.mnist_files import TEST_IMAGES_FILE, default_mnist_dir
 from service.contract import DEFAULT_MODEL_NAME, DEFAULT_TARGET
 from service.cpus import usable_cpus
 from service.loadtest.config import APIS, DEFAULT_REST_TARGET, DTYPES, MODES, REST_API, LoadConfig

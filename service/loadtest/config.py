@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from service.client.mnist_files import default_mnist_dir
+from service.shared.mnist_files import default_mnist_dir
 from service.contract import DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_MODEL_NAME, DEFAULT_TARGET
 from service.cpus import usable_cpus
 from service.loadtest.http import parse_target

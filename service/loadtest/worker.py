@@ -29,7 +29,7 @@ from service.generated.digits.v1 import digits_pb2_grpc
 from service.generated.inference import grpc_predict_v2_pb2_grpc
 from service.loadtest.config import LoadConfig
 from service.loadtest.ipc import read_frame, write_frame
-from service.client.mnist_files import load_test_images
+from service.shared.mnist_files import load_test_images
 from service.loadtest.payload import build_requests, synthetic_images
 from service.loadtest.rest import RestClient
 from service.loadtest.rest_payload import build_rest_payloads

@@ -39,11 +39,11 @@ class ServeConfig:
     max_queue_size: int = 8192
     max_queue_delay_us: int = 0
     max_concurrent_rpcs: int = 256
+    max_connections: int = 400             # per worker and protocol: 2 x 400 + listeners fit `ulimit -n` 1024
     max_receive_message_bytes: int = 16 * 1024 * 1024
     max_send_message_bytes: int = 16 * 1024 * 1024
     max_connection_age: float = 0.0        # seconds; 0 keeps connections for ever
     max_concurrent_streams: int = 256      # HTTP/2 streams (calls) one gRPC connection may have open
-    max_connections: int = 400             # client connections per worker, on each of gRPC and HTTP
     grpc_read_timeout: float = 30.0        # seconds a gRPC call has to send its (first) request message
     http_read_timeout: float = 30.0        # seconds a client has to send one whole HTTP request
     http_idle_timeout: float = 75.0        # seconds an idle HTTP keep-alive connection stays open
@@ -141,8 +141,8 @@ OPTIONS = {
                                              "MAX_CONCURRENT_STREAMS); more are refused (REFUSED_STREAM, clients "
                                              "retry)", Range(1, INT32_MAX)),
     "max_connections": Option(LIMITS, "most client connections one worker keeps open on each of gRPC and HTTP; past "
-                                      "it new connections are refused (size `ulimit -n` above twice this)",
-                              Range(1, INT32_MAX)),
+                                      "it new connections are refused (gRPC: closed at once; HTTP: 503 and closed); "
+                                      "size `ulimit -n` above twice this", Range(1, INT32_MAX)),
     "tls_cert": Option(SECURITY, "PEM certificate chain: serve gRPC and HTTP over TLS"),
     "tls_key": Option(SECURITY, "PEM private key of --tls-cert"),
     "tls_client_ca": Option(SECURITY, "PEM CA bundle: require client certificates signed by it (mutual TLS)"),

@@ -5,14 +5,16 @@ computes what is ready and calls each request's `done`. Only `reload_if_changed`
 on the repository watcher's thread: it loads a new version there and hands it over, and the loop
 swaps it in at its next `compute_due`.
 
-Both gRPC APIs are thin adapters over this class, so they behave identically by construction. It
-knows nothing of protobuf or gRPC: requests and results are the plain dataclasses of
+Every API (digits.v1 and V2, over gRPC and REST) is a thin adapter over this class, so they behave
+identically by construction. It knows nothing of protobuf, gRPC or HTTP: requests and results are the plain dataclasses of
 `core_types`, and failures are the exceptions of `errors`.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -37,10 +39,40 @@ class _Served:
     count_images: Callable[[int], None] = lambda images: None  # set when installed
 
 
+class LoadedModels:
+    """Each model version loaded once per process, by whichever inference core asks first.
+
+    A worker has one core per front end (each single-threaded, with its own batcher), and both
+    serve from the same onnxruntime session, whose `run` is thread-safe: one copy of the model a
+    worker, and a hot reload loads a new version once. Entries go when no core holds them.
+    """
+
+    def __init__(self, settings: CoreSettings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()     # the cores load on their own threads, the watcher on its own
+        self._loaded: weakref.WeakValueDictionary[tuple[str, tuple[int, int]], ModelRuntime] = \
+            weakref.WeakValueDictionary()
+
+    def load(self, version: ModelVersion, file_key: tuple[int, int]) -> ModelRuntime:
+        """The warmed-up runtime of `version` as its file was at `file_key`; raises ModelLoadError."""
+        key = (str(version.path), file_key)
+        with self._lock:
+            runtime = self._loaded.get(key)
+            if runtime is None:
+                settings = self._settings
+                runtime = ModelRuntime(version, intra_op_threads=settings.intra_op_threads,
+                                       graph_optimization=settings.graph_optimization)
+                runtime.warm_up(settings.max_batch_size)
+                self._loaded[key] = runtime
+            return runtime
+
+
 class InferenceCore:
-    def __init__(self, repository: ModelRepository, version: str | None, settings: CoreSettings) -> None:
+    def __init__(self, repository: ModelRepository, version: str | None, settings: CoreSettings,
+                 models: LoadedModels | None = None) -> None:
         self.repository = repository
         self.settings = settings
+        self._models = models or LoadedModels(settings)
         self._pinned_version = version
         self._served: _Served | None = None
         self._versions: tuple[str, ...] = ()
@@ -51,9 +83,7 @@ class InferenceCore:
     def _load(self, version: ModelVersion) -> _Served:
         """Loads, checks and warms up one version; raises ModelLoadError if it is unusable."""
         file_key = _file_key(version)
-        runtime = ModelRuntime(version, intra_op_threads=self.settings.intra_op_threads,
-                               graph_optimization=self.settings.graph_optimization)
-        runtime.warm_up(self.settings.max_batch_size)
+        runtime = self._models.load(version, file_key)
         batcher = Batcher(runtime.run, runtime.output_names, max_batch_size=self.settings.max_batch_size,
                           max_queue_size=self.settings.max_queue_size,
                           max_queue_delay=self.settings.max_queue_delay)

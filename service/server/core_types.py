@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -30,8 +31,7 @@ class ModelDescription:
     parameter_count: int
     test_accuracy: float
     metadata: dict[str, str] = field(default_factory=dict)
-    # the first layer's weights [neurons, inputs] and biases, for the page; None if not a Gemm on the input
-    first_layer: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
+    source: Path = field(default=Path(), compare=False)   # the model file it was loaded from
 
     @cached_property
     def with_activations(self) -> tuple[str, ...]:

@@ -1,11 +1,21 @@
 """The inference core's error family.
 
-The core speaks NumPy and plain Python; it never knows about gRPC. Each error class names the
-gRPC status it becomes, and `service.server.grpc_api.status` is the one place that turns them into statuses, so
-both APIs report every failure identically by construction.
+The core speaks NumPy and plain Python; it never knows about gRPC or HTTP. Each error class names
+the gRPC status it becomes; `grpc_api/status.py` turns them into gRPC statuses and
+`http_api/status.py` into HTTP statuses (one table each), so every API, over either protocol,
+reports every failure alike by construction.
 """
 
 from __future__ import annotations
+
+# An error's message may quote what the client sent (a shape of 100,001 dimensions made a 300 KB
+# answer, more than a gRPC client accepts as trailers): every message a client receives is cut here.
+MAX_MESSAGE_CHARS = 1024
+
+
+def bounded(message: str) -> str:
+    """`message`, cut to MAX_MESSAGE_CHARS and then ending with "…"."""
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS - 1] + "…"
 
 
 class InferenceError(Exception):

@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY, start_http_server
 
 from service.server import metrics, ports, runtime, security
 from service.server.config import ServeConfig
-from service.server.core import InferenceCore
+from service.server.core import InferenceCore, LoadedModels
 from service.server.core_types import CoreSettings
 from service.server.errors import ModelNotFound
 from service.server.grpc_api import server as grpc_server
@@ -52,13 +52,17 @@ def check_ports_unused(config: ServeConfig) -> None:
     ports.check_unused(config.host, config.metrics_port, "metrics")
 
 
-def build_core(config: ServeConfig) -> InferenceCore:
-    settings = CoreSettings(max_batch_size=config.max_batch_size, max_queue_size=config.max_queue_size,
-                            max_queue_delay=config.max_queue_delay_us / 1e6,
-                            intra_op_threads=config.intra_op_threads,
-                            graph_optimization=config.graph_optimization)
+def core_settings(config: ServeConfig) -> CoreSettings:
+    return CoreSettings(max_batch_size=config.max_batch_size, max_queue_size=config.max_queue_size,
+                        max_queue_delay=config.max_queue_delay_us / 1e6,
+                        intra_op_threads=config.intra_op_threads,
+                        graph_optimization=config.graph_optimization)
+
+
+def build_core(config: ServeConfig, models: LoadedModels | None = None) -> InferenceCore:
+    """An inference core for one front end; cores given the same `models` share each loaded version."""
     return InferenceCore(ModelRepository(config.model_repository, config.model_name),
-                         config.model_version or None, settings)
+                         config.model_version or None, core_settings(config), models)
 
 
 class ServerProcess:
@@ -67,7 +71,8 @@ class ServerProcess:
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
-        self.core = build_core(config)
+        self._models = LoadedModels(core_settings(config))   # one copy of each version, both front ends
+        self.core = build_core(config, self._models)
         self._serving = False
         self._stop = threading.Event()
         self.port: int | None = None
@@ -84,7 +89,7 @@ class ServerProcess:
         model = self.core.load()  # raises on a missing, corrupt or wrong model: nothing bound yet
         tls, token = security.tls_material(self.config), security.load_token(self.config)
         if self.config.http:
-            self.http = HttpFrontEnd(self.config, build_core(self.config), self.is_serving, token)
+            self.http = HttpFrontEnd(self.config, build_core(self.config, self._models), self.is_serving, token)
             self.http.start()
         self._transport, self._loop, self.port = grpc_server.build(self.config, self.core, self.is_serving,
                                                                    tls, token)

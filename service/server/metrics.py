@@ -1,7 +1,8 @@
 """Prometheus metrics: what is measured, under which names, and with which buckets.
 
-Three seams observe: end-to-end latency in the transport (`grpc_api.status`), queue wait and
-batch size in the batcher, compute time around the onnxruntime call. Nothing else times anything.
+Three seams observe: end-to-end latency in the request policy (`policy.py`, for gRPC and HTTP
+alike), queue wait and batch size in the batcher, compute time around the onnxruntime call.
+Nothing else times anything.
 
 Every series lives in cells this module owns: one row of float64 cells per front end (gRPC,
 HTTP) of each worker slot, written only by that front end's thread and summed by whoever collects

@@ -13,7 +13,6 @@ import numpy as np
 import onnxruntime as ort
 
 from service.contract import ACTIVATION_PATTERN, FEATURES, INPUT_NAME, LOGITS, PROBABILITIES
-from service.server import weights
 from service.server.core_types import ModelDescription
 from service.server.repository import ModelVersion
 
@@ -96,7 +95,7 @@ class ModelRuntime:
             parameter_count=int(meta.get("parameter_count", "0") or 0),
             test_accuracy=float(meta.get("test_accuracy", "0") or 0.0),
             metadata=meta,
-            first_layer=weights.first_layer(data),
+            source=model.path,
         )
 
     def run(self, pixels: np.ndarray, output_names: tuple[str, ...]) -> list[np.ndarray]:

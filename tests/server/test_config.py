@@ -143,3 +143,11 @@ def test_operations_doc_states_each_range_as_the_table_does():
         flag = "`--" + name.replace("_", "-") + "`"
         (row,) = [r for r in rows if flag in r]
         assert row.rstrip(" |").endswith(str(config.OPTIONS[name].range)), (name, row)
+
+
+def test_max_connections_leaves_room_for_both_protocols_under_a_1024_descriptor_limit():
+    """Two protocols at the default limit, plus listeners, model files, metrics and pipes, fit `ulimit -n` 1024."""
+    assert parse([], {}).max_connections == 400
+    assert 2 * config.ServeConfig.max_connections + 100 <= 1024
+    assert parse([], {"DIGITS_MAX_CONNECTIONS": "20"}).max_connections == 20
+    assert parse(["--max-connections", "7"], {"DIGITS_MAX_CONNECTIONS": "20"}).max_connections == 7

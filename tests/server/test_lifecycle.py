@@ -7,7 +7,6 @@ SIGUSR1), never by a batching window a busy machine could let expire.
 
 from __future__ import annotations
 
-import re
 import shutil
 import signal
 
@@ -23,7 +22,6 @@ from tests.support.mnist import mnist_test_images
 from tests.support.models import repository_with, wrong_signature_model
 from tests.support.server import (HEALTH_SERVICES, NOT_SERVING, SERVING, HealthWatch, HeldServer, RunningServer,
                                   health_status)
-from tests.support.steady_load import SteadyLoad
 
 # a channel that keeps trying to connect while nothing listens, without gRPC's growing backoff
 QUICK_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
@@ -102,6 +100,9 @@ def test_signal_drains_in_flight_requests_and_exits_zero(workers, sig):
             server.signal(sig)
             assert wait_for(lambda: all(NOT_SERVING in w.statuses for w in watches), timeout=30), \
                 {w.service: w.statuses for w in watches}
+            # told NOT_SERVING, then ended by the server, so that no watch holds the drain
+            assert wait_for(lambda: all(w.final is not None for w in watches), timeout=30)
+            assert {w.final for w in watches} == {grpc.StatusCode.UNAVAILABLE}, [w.final for w in watches]
             assert not any(f.done() for f in futures)  # the drain began with all 40 in flight
             # the worker keeps listening so that it, not gRPC core, answers every call: UNAVAILABLE
             with pytest.raises(grpc.RpcError) as refused:  # on the connection the 40 are on
@@ -180,33 +181,3 @@ def test_request_whose_deadline_passes_in_the_queue_is_not_computed():
     finally:
         server.release()
         assert server.stop() == 0
-
-
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_sigterm_under_sustained_load_loses_nothing(workers):
-    """Every call either succeeds or fails UNAVAILABLE (not accepted); both sides count the same."""
-    server = RunningServer("--workers", workers, "--grace-period", "10")
-    load = SteadyLoad(server.address, threads=6)
-    try:
-        assert wait_for(lambda: load.succeeded > 300, timeout=30)
-        server.signal(signal.SIGTERM)
-        assert server.wait_exit(30) == 0, server.log
-        refused = sum(load.failures.values())
-        assert wait_for(lambda: sum(load.failures.values()) > refused + 6)  # calls after the exit: refused
-    finally:
-        try:
-            load.stop()
-        finally:
-            server.stop()
-    # UNAVAILABLE: refused while draining or after exit. CANCELLED: gRPC core cancels calls that reach
-    # it in the instant between shutdown and its GOAWAY reaching the client; they never reached a
-    # handler, which the equal counts below prove (a processed call that the client lost would differ).
-    # DEADLINE_EXCEEDED only while trying to connect to the exited server.
-    assert set(load.failures) <= {"UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED"}, (load.failures, load.details)
-    assert {d for d in load.details if d.startswith("CANCELLED")} <= {"CANCELLED: CANCELLED"}, load.details
-    assert all("failed to connect" in d for d in load.details if d.startswith("DEADLINE_EXCEEDED")), load.details
-    answered = sum(int(n) for n in re.findall(r"stopped after answering (\d+) inference calls", server.log))
-    assert len(re.findall(r"stopped after answering", server.log)) == int(workers)
-    print(f"SIGTERM under load, {workers} worker(s): client ok {load.succeeded}, failed {load.failures}; "
-          f"server answered ok {answered}")
-    assert answered == load.succeeded, (answered, load.succeeded, load.failures)

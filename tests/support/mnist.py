@@ -9,7 +9,7 @@ from functools import cache
 import numpy as np
 from PIL import Image
 
-from service.client.mnist_files import load_test_set
+from service.shared.mnist_files import load_test_set
 from tests.support import MNIST_DIR
 
 

@@ -187,11 +187,13 @@ def connections_by_process(pids: list[int], port: int) -> dict[int, set[int]]:
 
 
 class HealthWatch:
-    """A grpc.health.v1 Watch on one service name, read by a thread; `statuses` in arrival order."""
+    """A grpc.health.v1 Watch on one service name, read by a thread; `statuses` in arrival order,
+    `final` the status code the watch ended with (None while it goes on)."""
 
     def __init__(self, channel: grpc.Channel, service: str, wait_for_ready: bool = False) -> None:
         self.service = service
         self.statuses: list[int] = []
+        self.final: grpc.StatusCode | None = None
         self.call = health_pb2_grpc.HealthStub(channel).Watch(
             health_pb2.HealthCheckRequest(service=service), timeout=120, wait_for_ready=wait_for_ready)
         self._thread = threading.Thread(target=self._collect, daemon=True)
@@ -201,8 +203,9 @@ class HealthWatch:
         try:
             for response in self.call:
                 self.statuses.append(response.status)
-        except grpc.RpcError:  # cancelled, or the server went away: the watch ends
-            pass
+            self.final = grpc.StatusCode.OK
+        except grpc.RpcError as exc:  # cancelled, or the server ended it
+            self.final = exc.code()
 
     def cancel(self) -> None:
         self.call.cancel()

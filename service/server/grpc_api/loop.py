@@ -6,14 +6,15 @@ method's adapter (which answers at once or queues an inference with the core), a
 asks the core to compute: so everything that arrived together goes to onnxruntime in one call,
 and nothing waits that did not have to. Replies go out as one batched operation per call.
 
-The loop owns what is common to every method: looking the method up, the bearer token, the
-per-worker admission limit (`--max-concurrent-rpcs`), deadlines and cancellation, stream
-windows, health Watch subscribers, and the metrics of every call. Adapters only convert.
+The loop owns what is gRPC's: looking the method up, reading the token from the metadata, calls
+that send no request (`--grpc-read-timeout`), stream windows and health Watch subscribers. What
+every inference call goes through, over gRPC or HTTP, is the request policy's (`policy.py`:
+token check, draining, admission, the core, cancellation, counting and answering once).
+Adapters only convert.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -22,67 +23,60 @@ from typing import TYPE_CHECKING
 import grpc
 
 from service.server import metrics
-from service.server.errors import InferenceError, InvalidInput, NotReady, Overloaded
+from service.server.errors import InferenceError, InvalidInput, Overloaded
 from service.server.security import REFUSAL
 from service.server.grpc_api.health import Health
-from service.server.core_types import Pending
+from service.server.policy import SHUTTING_DOWN, Inference, RequestPolicy
 from service.server.grpc_api.methods import Kind, Method
 from service.server.grpc_api.status import status_of
 from service.server.grpc_api.transport import (Call, CallArrived, CallFinished, CoreServer, MessageReceived,
                                                 SendWindowOpen)
 
 if TYPE_CHECKING:
-    from service.server.batcher import Ticket
     from service.server.core import InferenceCore
 
 log = logging.getLogger(__name__)
 
 STREAM_WINDOW = 64      # messages of one stream computed concurrently; more wait to be read
 IDLE_POLL = 0.5         # seconds a turn waits for an event when nothing is queued
-SHUTTING_DOWN = "server is shutting down"
 
 
 class _CallState:
     """What the loop remembers of one call (kept in `Call.user_data`)."""
 
-    __slots__ = ("method", "start", "ticket", "finished", "counted", "open", "half_closed", "reading", "closing")
+    __slots__ = ("method", "start", "inference", "open", "half_closed", "reading", "closing", "finished")
 
     def __init__(self, method: Method) -> None:
         self.method = method
         self.start = time.perf_counter()
-        self.ticket: Ticket | None = None   # a unary call's queued inference
-        self.finished = False                # status sent (or the call ended): observed once
-        self.counted = False                 # counted in flight (unary calls)
-        self.open: set[_Message] = set()     # a stream's messages being answered
-        self.half_closed = False             # a stream's client sent its last message
-        self.reading = False                 # a stream's read is outstanding
-        self.closing = False                 # a stream finishes once its open messages are answered
+        self.inference: Inference | None = None  # a unary call's, once admitted
+        self.open: set[_Message] = set()         # a stream's messages being answered
+        self.half_closed = False                 # a stream's client sent its last message
+        self.reading = False                     # a stream's read is outstanding
+        self.closing = False                     # a stream finishes once its open messages are answered
+        self.finished = False                    # a stream's status is sent
 
 
 class _Message:
-    """One message of a stream: timed and counted like a unary call of the same method."""
+    """One message of a stream: admitted, timed and counted like a unary call of the same method."""
 
-    __slots__ = ("start", "ticket", "data")
+    __slots__ = ("start", "inference")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.ticket: Ticket | None = None
-        self.data = data
+        self.inference: Inference | None = None
 
 
 class ServingLoop:
     def __init__(self, transport: CoreServer, core: InferenceCore, methods: list[Method], health: Health,
-                 token: bytes | None, max_concurrent_calls: int, max_send_bytes: int,
-                 read_timeout: float) -> None:
+                 policy: RequestPolicy, max_send_bytes: int, read_timeout: float) -> None:
         self._transport = transport
         self._core = core
         self._methods = {m.path: m for m in methods}
         self._observers = {m.path: metrics.RequestObserver(*m.observed) for m in methods if m.observed}
         self._health = health
-        self._expected_authorization = b"Bearer " + token if token else None
-        self._limit = max_concurrent_calls
+        self._policy = policy
         self._max_send = max_send_bytes
-        self._draining = False
         self._streams: set[Call] = set()
         # Calls whose first request message has not arrived, in arrival order, with the time by
         # which it must: such a call holds no admission slot, and is ended when that time passes.
@@ -113,8 +107,7 @@ class ServingLoop:
                     if state is not None:
                         self._read_more(event.call, state)
             except Exception as exc:  # noqa: BLE001 - a bug of ours fails this call, not the worker
-                code, message = status_of(exc)
-                event.call.fail(code, message)
+                event.call.fail(*status_of(exc))
         self._core.compute_due()
         if self._awaiting:
             self._end_unread_calls()
@@ -127,11 +120,15 @@ class ServingLoop:
             call = next(iter(awaiting))
             if awaiting[call] > now:
                 return
-            del awaiting[call]
-            self._streams.discard(call)
-            call.user_data = None   # never admitted nor counted: nothing to observe when it ends
-            call.fail(grpc.StatusCode.DEADLINE_EXCEEDED,
-                      f"no request message within {self._read_timeout:g} s (--grpc-read-timeout)")
+            self._end_unread(call, grpc.StatusCode.DEADLINE_EXCEEDED,
+                             f"no request message within {self._read_timeout:g} s (--grpc-read-timeout)")
+
+    def _end_unread(self, call: Call, code: grpc.StatusCode, message: str) -> None:
+        """Ends a call that has sent no request: never admitted nor counted, nothing to observe."""
+        del self._awaiting[call]
+        self._streams.discard(call)
+        call.user_data = None
+        call.fail(code, message)
 
     def set_serving(self, serving: bool) -> None:
         """Health for every service, told to every Watch subscriber."""
@@ -142,11 +139,13 @@ class ServingLoop:
         """NOT_SERVING; then new calls get UNAVAILABLE while in-flight ones finish (at most `grace`
         seconds; streams end once their open messages are answered). Returns whether everything
         in flight finished; the caller then ends the process (see `transport` for why)."""
-        self._draining = True
+        self._policy.draining = True
         self.set_serving(False)
         for call in self._health.watchers():
             self._health.unwatch(call)
             call.finish(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        for call in list(self._awaiting):   # no request sent yet: nothing of theirs is lost
+            self._end_unread(call, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         return self._transport.drain(grace, self._drain_turn)
 
     def _drain_turn(self, events: list) -> None:
@@ -167,7 +166,7 @@ class ServingLoop:
         if bad_key is not None:
             call.fail(grpc.StatusCode.INVALID_ARGUMENT, f"metadata {bad_key!r} is not printable ASCII")
             return
-        if method.protected and self._expected_authorization is not None and not self._authorised(call):
+        if method.protected and self._policy.guarded and not self._policy.authorised(self._authorization(call)):
             call.fail(grpc.StatusCode.UNAUTHENTICATED, REFUSAL)
             return
         state = _CallState(method)
@@ -178,9 +177,9 @@ class ServingLoop:
         self._awaiting[call] = time.monotonic() + self._read_timeout
         call.read()
 
-    def _authorised(self, call: Call) -> bool:
-        given = next((value for key, value in call.metadata if key == "authorization"), "")
-        return hmac.compare_digest(given.encode(), self._expected_authorization)
+    @staticmethod
+    def _authorization(call: Call) -> bytes:
+        return next((value for key, value in call.metadata if key == "authorization"), "").encode()
 
     def _on_message(self, call: Call, data: bytes | None, ok: bool) -> None:
         state: _CallState | None = call.user_data
@@ -200,7 +199,9 @@ class ServingLoop:
             else:
                 self._stream_message(call, state, data)
                 self._read_more(call, state)
-        elif data is not None:  # Kind.WATCH: its one request; nothing more is read
+        elif data is None:  # Kind.WATCH half-closed without its request
+            call.fail(*status_of(InvalidInput("the client sent no request message")))
+        else:               # Kind.WATCH: its one request; nothing more is read
             try:
                 call.send(self._health.watch(call, data))
             except InferenceError as exc:
@@ -211,141 +212,75 @@ class ServingLoop:
         state: _CallState | None = call.user_data
         if state is None:
             return
+        call.user_data = None    # what the call's callbacks refer to goes with it: no cycle left
         self._health.unwatch(call)
         self._streams.discard(call)
         code = "DEADLINE_EXCEEDED" if call.deadline is not None and time.monotonic() >= call.deadline \
             else "CANCELLED"
-        for message in list(state.open):
-            if message.ticket is not None:
-                message.ticket.cancel()
-            self._end_message(state, message, code)
-        if state.method.kind is Kind.UNARY and not state.finished and state.counted:
-            if state.ticket is not None:
-                state.ticket.cancel()
-            self._observe(state, code if cancelled else "OK")
-        state.finished = True
-        state.ticket = None      # the ticket's callback refers back to the call: no cycle left
-        call.user_data = None
+        for message in state.open:
+            if message.inference is not None:
+                message.inference.cancel(code)
+        state.open.clear()
+        if state.inference is not None:
+            state.inference.cancel(code if cancelled else "OK")
+            state.inference = None
+
+    # -- what a front end tells the policy -------------------------------------------------
+    def _check_size(self, reply: bytes) -> None:
+        if len(reply) > self._max_send:
+            raise Overloaded(f"response of {len(reply)} bytes exceeds the server's limit of {self._max_send} "
+                             "(--max-send-message-bytes); send fewer images per request")
 
     # -- unary -----------------------------------------------------------------------------
     def _unary_message(self, call: Call, state: _CallState, data: bytes | None) -> None:
+        method = state.method
         if data is None:   # answered, not counted: only calls whose request reached us are
-            state.finished = True
             call.fail(*status_of(InvalidInput("the client sent no request message")))
             return
-        if state.method.observed:   # admitted now that its request is here, not when it arrived
-            metrics.request_started()
-            state.counted = True
-            if metrics.inflight() > self._limit:
-                self._fail(call, state, self._overloaded())
-                return
-        try:
-            answer = state.method.handle(data, call.deadline)
-            if type(answer) is bytes:
-                self._reply(call, state, answer)
-                return
-
-            def done(result, error: InferenceError | None, encode=answer.encode) -> None:
-                if error is not None:
-                    self._fail(call, state, error)
-                    return
-                try:
-                    reply = encode(result)
-                except Exception as exc:  # noqa: BLE001
-                    self._fail(call, state, exc)
-                    return
-                self._reply(call, state, reply)
-
-            state.ticket = self._core.submit(answer.request, done)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a precise status
-            self._fail(call, state, exc)
-
-    def _reply(self, call: Call, state: _CallState, reply: bytes) -> None:
-        if len(reply) > self._max_send:
-            self._fail(call, state, self._too_large(len(reply)))
+        observe = self._observers.get(method.path)
+        if observe is None:   # health, liveness, metadata of the server: neither admitted nor counted
+            try:
+                reply = method.handle(data, call.deadline)
+                self._check_size(reply)
+                call.reply(reply)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a precise status
+                call.fail(*status_of(exc))
             return
-        call.reply(reply)
-        self._observe(state, "OK")
-
-    def _too_large(self, size: int) -> Overloaded:
-        return Overloaded(f"response of {size} bytes exceeds the server's limit of {self._max_send} "
-                          "(--max-send-message-bytes); send fewer images per request")
-
-    def _fail(self, call: Call, state: _CallState, exc: BaseException) -> None:
-        code, message = status_of(exc)
-        call.fail(code, message)
-        self._observe(state, code.name)
-
-    def _observe(self, state: _CallState, code: str) -> None:
-        if state.finished:
-            return
-        state.finished = True
-        if state.counted:
-            metrics.request_finished()
-        observer = self._observers.get(state.method.path)
-        if observer is not None:
-            observer(code, time.perf_counter() - state.start)
-
-    def _overloaded(self) -> Overloaded:
-        return Overloaded(f"server is handling its limit of {self._limit} calls (--max-concurrent-rpcs); "
-                          "retry with backoff or add replicas")
+        state.inference = self._policy.serve(
+            observe, state.start, lambda: method.handle(data, call.deadline), call.reply,
+            lambda exc: call.fail(*status_of(exc)), self._check_size)
 
     # -- streams ---------------------------------------------------------------------------
     def _stream_message(self, call: Call, state: _CallState, data: bytes) -> None:
         method = state.method
-        message = _Message(data)
+        message = _Message()
         state.open.add(message)
-        observed = method.observed is not None
-        if observed:
-            metrics.request_started()
-        try:
-            if self._draining:
-                raise NotReady(SHUTTING_DOWN)
-            if observed and metrics.inflight() > self._limit:
-                raise self._overloaded()
-            answer = method.handle(data, call.deadline)
-            if type(answer) is bytes:
-                self._stream_reply(call, state, message, answer, "OK")
-                return
-            message.ticket = self._core.submit(answer.request, self._stream_done(call, state, message, answer))
-        except Exception as exc:  # noqa: BLE001 - becomes this message's error, not the stream's
-            self._stream_failure(call, state, message, exc)
 
-    def _stream_done(self, call: Call, state: _CallState, message: _Message, answer: Pending):
-        def done(result, error: InferenceError | None) -> None:
-            if error is not None:
-                self._stream_failure(call, state, message, error)
-                return
+        def send(reply: bytes) -> None:
+            self._stream_sent(call, state, message, reply)
+
+        def fail(exc: BaseException) -> None:
+            code, text = status_of(exc)
+            send(method.stream_error(data, code.name, text))
+
+        observe = self._observers.get(method.path)
+        if observe is None:   # reflection: neither admitted nor counted
             try:
-                reply = answer.encode(result)
-            except Exception as exc:  # noqa: BLE001
-                self._stream_failure(call, state, message, exc)
-                return
-            self._stream_reply(call, state, message, reply, "OK")
+                send(method.handle(data, call.deadline))
+            except Exception as exc:  # noqa: BLE001 - becomes this message's error, not the stream's
+                fail(exc)
+            return
+        message.inference = self._policy.serve(observe, message.start, lambda: method.handle(data, call.deadline),
+                                               send, fail, self._check_size)
 
-        return done
-
-    def _stream_failure(self, call: Call, state: _CallState, message: _Message, exc: BaseException) -> None:
-        code, text = status_of(exc)
-        self._stream_reply(call, state, message, state.method.stream_error(message.data, code.name, text), code.name)
-
-    def _stream_reply(self, call: Call, state: _CallState, message: _Message, reply: bytes, code: str) -> None:
+    def _stream_sent(self, call: Call, state: _CallState, message: _Message, reply: bytes) -> None:
         if message not in state.open:
             return
-        if len(reply) > self._max_send:
-            self._stream_failure(call, state, message, self._too_large(len(reply)))
-            return
+        state.open.discard(message)
+        message.inference = None
         call.send(reply)
-        self._end_message(state, message, code)
         self._read_more(call, state)
         self._maybe_finish_stream(call, state)
-
-    def _end_message(self, state: _CallState, message: _Message, code: str) -> None:
-        state.open.discard(message)
-        if state.method.observed is None:
-            return
-        metrics.request_finished()
-        self._observers[state.method.path](code, time.perf_counter() - message.start)
 
     def _read_more(self, call: Call, state: _CallState) -> None:
         if not (state.reading or state.half_closed or state.closing or call.send_backlogged) \

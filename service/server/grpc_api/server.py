@@ -20,6 +20,7 @@ from service.server.grpc_api.kserve_v2 import KServeV2
 from service.server.grpc_api.loop import ServingLoop
 from service.server.grpc_api.reflection import Reflection
 from service.server.grpc_api.transport import CoreServer
+from service.server.policy import RequestPolicy
 from service.server.security import TlsMaterial
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def build(config: ServeConfig, core: InferenceCore, is_serving: Callable[[], boo
     reflection = Reflection([DIGITS_SERVICE, KSERVE_SERVICE, HEALTH_SERVICE])
     methods = [*DigitsV1(core).methods(), *KServeV2(core, is_serving).methods(), *health.methods(),
                *reflection.methods()]
-    loop = ServingLoop(transport, core, methods, health, token, config.max_concurrent_rpcs,
+    loop = ServingLoop(transport, core, methods, health, RequestPolicy(core, token, config.max_concurrent_rpcs),
                        config.max_send_message_bytes, config.grpc_read_timeout)
     port = transport.add_port(f"{config.host}:{config.port}", auth.server_credentials(tls))
     return transport, loop, port

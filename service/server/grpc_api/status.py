@@ -12,7 +12,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from service.server.errors import InferenceError, InvalidInput
+from service.server.errors import InferenceError, InvalidInput, bounded
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ M = TypeVar("M", bound=Message)
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status and message a client receives for `exc`."""
     if isinstance(exc, InferenceError):
-        return grpc.StatusCode[exc.status], str(exc)
+        return grpc.StatusCode[exc.status], bounded(str(exc))
     log.exception("unexpected error while handling a request", exc_info=exc)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 

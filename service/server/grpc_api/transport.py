@@ -198,8 +198,8 @@ class Call:
 
     def fail(self, code: grpc.StatusCode, message: str = "") -> None:
         """Ends the call with an error status now (pending stream sends are dropped).
-        Before any read, the request is read (and dropped) first, so the status does not
-        race the client's request on the stream (common advice; NOTES.md: no measured gain)."""
+        Before any read, the request is read (and dropped) first, so that the status does not
+        race the client's request on the stream."""
         if not self.active:
             return
         self._status_queued = True

@@ -1,35 +1,35 @@
-"""The HTTP application of one worker: routes, the bearer token, admission, metrics, errors.
+"""The HTTP application of one worker: routes, and HTTP's side of every request.
 
-What is common to every endpoint lives here, as the serving loop holds it for gRPC: looking the
-route up, the token (health and the page's files stay open, like gRPC health), the per-front-end
-admission limit (`--max-concurrent-rpcs`, 429 with Retry-After beyond it), 503 while draining,
-the `api="kserve_v2_rest"` metrics, and turning every failure into `{"error": ...}` with the
-status of `status.HTTP_STATUS`. The adapters (`kserve_v2_rest`, `page_api`) only convert.
+What is HTTP's lives here, as the serving loop holds gRPC's: looking the route up, which routes
+are open without a token (health and the page's files, like gRPC health), readiness, and turning
+every failure into `{"error": ...}` with the status of `status.HTTP_STATUS` (429 and 503 with
+Retry-After). What every inference call goes through, over HTTP or gRPC, is the request policy's
+(`policy.py`: token, draining, admission, the core, cancellation, counting and answering once).
+The adapters (`kserve_v2_rest`, `page_api`) only convert.
 """
 
 from __future__ import annotations
 
-import hmac
 import re
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
 from service.server import metrics
 from service.server.core_types import Pending
-from service.server.errors import InferenceError, ModelNotFound, NotReady, Overloaded
+from service.server.errors import InferenceError, ModelNotFound, NotReady
 from service.server.http_api import kserve_v2_rest, page_api
 from service.server.http_api.connection import Exchange, HttpRequest, Response, error_response
 from service.server.http_api.encoding import decoded_body
 from service.server.http_api.kserve_v2_rest import KServeV2Rest
 from service.server.http_api.status import failure_of
+from service.server.http_api.weights import FirstLayers
+from service.server.policy import RequestPolicy
 from service.server.security import REFUSAL
 
 if TYPE_CHECKING:
     from service.server.core import InferenceCore
 
-SHUTTING_DOWN = "server is shutting down"
 PATHS_REMEMBERED = 1024
 OTHER_ROUTES = frozenset(("/v2", *page_api.ROUTES))   # beside health, page files and model paths
 MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?")
@@ -44,33 +44,42 @@ class Unauthenticated(InferenceError):
 
 
 class MethodNotAllowed(InferenceError):
+    """The endpoint exists but takes another method; the 405 says which in `Allow` (RFC 9110 15.5.6)."""
+
     status = "UNIMPLEMENTED"
     http_status = 405
+
+    def __init__(self, allowed: bytes, what: str = "this endpoint") -> None:
+        super().__init__(f"{what} takes {allowed.decode()}")
+        # HEAD is answered wherever GET is
+        self.allow = b"GET, HEAD" if allowed == b"GET" else allowed
 
 
 def failure_response(exc: BaseException) -> tuple[str, Response]:
     """(status name for the metrics, the response) for any failure."""
     code, status, message = failure_of(exc)
-    headers = RETRY_AFTER if status in (429, 503) else CHALLENGE if status == 401 else ()
+    if isinstance(exc, MethodNotAllowed):
+        headers: tuple[tuple[bytes, bytes], ...] = ((b"Allow", exc.allow),)
+    else:
+        headers = RETRY_AFTER if status in (429, 503) else CHALLENGE if status == 401 else ()
     return code, error_response(status, message, headers)
 
 
 class HttpApp:
-    def __init__(self, core: InferenceCore, is_serving: Callable[[], bool], token: bytes | None,
-                 max_concurrent: int, max_body: int, wake_compute: Callable[[], None]) -> None:
+    def __init__(self, core: InferenceCore, is_serving: Callable[[], bool], policy: RequestPolicy,
+                 max_body: int, wake_compute: Callable[[], None]) -> None:
         self._core = core
         self._max_body = max_body
         self._is_serving = is_serving
-        self._expected_authorization = b"Bearer " + token if token else None
-        self._limit = max_concurrent
+        self._policy = policy
         self._wake_compute = wake_compute
         self._v2 = KServeV2Rest(core)
         self._files = page_api.load_page_files()
         self._samples = page_api.Samples()
+        self._first_layers = FirstLayers()
         self._observers = {method: metrics.RequestObserver(api, method) for api, method in metrics.OBSERVED_METHODS
                            if api in (kserve_v2_rest.API, page_api.API)}
         self._paths: dict[bytes, tuple[str, tuple[str, str, str | None] | None]] = {}
-        self.draining = False
 
     def __call__(self, request: HttpRequest, exchange: Exchange) -> None:
         raw_path, _, raw_query = request.url.partition(b"?")
@@ -85,7 +94,7 @@ class HttpApp:
                 return
             if match is None and path not in OTHER_ROUTES:
                 raise ModelNotFound(f"no such endpoint: {method.decode('latin-1')} {path[:200]}")
-            if self._expected_authorization is not None and not self._authorised(request):
+            if not self._policy.authorised(request.headers.get(b"authorization", b"")):
                 raise Unauthenticated(REFUSAL + "; send 'Authorization: Bearer <token>'")
         except Exception as exc:  # noqa: BLE001 - every failure becomes a precise status
             exchange.respond(failure_response(exc)[1])
@@ -93,9 +102,7 @@ class HttpApp:
         if match is not None:
             name, version, action = match
             if action == "/infer":
-                self._observed("ModelInfer", request, exchange, b"POST",
-                               lambda: self._v2.infer(name, version, self._body(request),
-                                                      request.headers.get(kserve_v2_rest.HEADER_LENGTH)))
+                self._observed("ModelInfer", request, exchange, b"POST", lambda: self._infer(request, name, version))
             elif action == "/ready":
                 self._observed("ModelReady", request, exchange, b"GET", lambda: self._model_ready(name, version))
             else:
@@ -107,7 +114,7 @@ class HttpApp:
             self._observed("Preprocess", request, exchange, b"POST",
                            lambda: page_api.preprocess(self._body(request)))
         elif path == page_api.WEIGHTS:
-            self._plain(exchange, method, b"GET", lambda: page_api.weights(self._core.model))
+            self._plain(exchange, method, b"GET", lambda: page_api.weights(self._core.model, self._first_layers))
         else:
             query = dict(parse_qsl(raw_query.decode("latin-1")))
             self._plain(exchange, method, b"GET", lambda: self._samples.random(query))
@@ -125,15 +132,17 @@ class HttpApp:
                 self._paths[raw_path] = resolved
         return resolved
 
+    def _infer(self, request: HttpRequest, name: str, version: str) -> Pending:
+        headers = request.headers
+        kserve_v2_rest.check_content_type(headers.get(b"content-type"))  # before decompressing the body
+        return self._v2.infer(name, version, self._body(request), headers.get(kserve_v2_rest.HEADER_LENGTH))
+
     def _body(self, request: HttpRequest) -> bytes:
         return decoded_body(request.body, request.headers.get(b"content-encoding"), self._max_body)
 
-    def _authorised(self, request: HttpRequest) -> bool:
-        return hmac.compare_digest(request.headers.get(b"authorization", b""), self._expected_authorization)
-
     def _health(self, path: str, method: bytes) -> Response:
         if method != b"GET":
-            raise MethodNotAllowed(f"{path} takes GET")
+            raise MethodNotAllowed(b"GET", path)
         if path == "/v2/health/live":
             return LIVE
         if path == "/v2/health/ready":
@@ -152,63 +161,22 @@ class HttpApp:
     def _plain(exchange: Exchange, method: bytes, allowed: bytes, answer: Callable[[], Response]) -> None:
         try:
             if method != allowed:
-                raise MethodNotAllowed(f"this endpoint takes {allowed.decode()}")
+                raise MethodNotAllowed(allowed)
             exchange.respond(answer())
         except Exception as exc:  # noqa: BLE001
             exchange.respond(failure_response(exc)[1])
 
     def _observed(self, name: str, request: HttpRequest, exchange: Exchange, allowed: bytes,
                   answer: Callable[[], Response | Pending]) -> None:
-        """Timed, counted and admitted like a gRPC call of the same method."""
-        observe = self._observers[name]
-        metrics.request_started()
-        finished = False
-
-        def finish(code: str, response: Response | None) -> None:
-            nonlocal finished
-            if finished:
-                return
-            finished = True
-            metrics.request_finished()
-            observe(code, time.perf_counter() - request.started)
-            if response is not None:
-                exchange.respond(response)
-
-        def fail(exc: BaseException) -> None:
-            finish(*failure_response(exc))
-
-        try:
+        """Through the request policy, like a gRPC call of the same method: admitted, timed,
+        counted and answered once; the client leaving cancels it."""
+        def checked_answer() -> Response | Pending:
             if request.method != allowed:
-                raise MethodNotAllowed(f"this endpoint takes {allowed.decode()}")
-            if self.draining:
-                raise NotReady(SHUTTING_DOWN)
-            if metrics.inflight() > self._limit:
-                raise Overloaded(f"server is handling its limit of {self._limit} requests "
-                                 "(--max-concurrent-rpcs); retry with backoff or add replicas")
-            outcome = answer()
-            if type(outcome) is Response:
-                finish("OK", outcome)
-                return
+                raise MethodNotAllowed(allowed)
+            return answer()
 
-            def done(result, error: InferenceError | None, encode=outcome.encode) -> None:
-                if error is not None:
-                    fail(error)
-                    return
-                try:
-                    response = encode(result)
-                except Exception as exc:  # noqa: BLE001
-                    fail(exc)
-                    return
-                finish("OK", response)
-
-            ticket = self._core.submit(outcome.request, done)
-
-            def abort() -> None:  # the client left: do not compute for nobody
-                ticket.cancel()
-                finish("CANCELLED", None)
-
-            exchange.on_abort = abort
+        inference = self._policy.serve(self._observers[name], request.started, checked_answer, exchange.respond,
+                                       lambda exc: exchange.respond(failure_response(exc)[1]))
+        if inference.ticket is not None:
+            exchange.on_abort = lambda: inference.cancel("CANCELLED")   # do not compute for nobody
             self._wake_compute()
-        except Exception as exc:  # noqa: BLE001
-            fail(exc)
-

@@ -5,8 +5,11 @@ keep-alive and pipelining (responses leave in request order even when a later re
 answered first), limits on header and body sizes (431, 413), `Expect: 100-continue`, the read
 and idle timeouts that keep slow or silent clients from holding a connection (408), reading
 paused while the client does not read its answers, and the cancellation of requests whose
-client went away. It knows nothing of inference: the application gets an `HttpRequest` and an
-`Exchange` to answer, now or later.
+client went away. Only progress on a request counts as activity: bytes the parser skips (blank
+lines between requests) do not keep a connection open. It refuses what llhttp would pass on but
+we do not speak (transfer codings other than chunked, request lines that are not HTTP/1.x) and,
+past `max_connections`, new connections. It knows nothing of inference: the application gets an
+`HttpRequest` and an `Exchange` to answer, now or later.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from http import HTTPStatus
 
 import httptools
 import orjson
+
+from service.server.errors import bounded
 
 
 MAX_HEADER_BYTES = 64 * 1024     # request line and headers of one request
@@ -59,7 +64,11 @@ def json_response(document: object, status: int = 200, headers: tuple[tuple[byte
 
 
 def error_response(status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> Response:
-    """`{"error": "..."}`, what Triton and KServe answer and what tritonclient reads."""
+    """`{"error": "..."}`, what Triton and KServe answer and what tritonclient reads. Every error
+    answer is made here, so this is the one place its size is bounded: messages quote what the
+    client sent (a shape of 100,001 dimensions made a 300 KB answer), and are cut by
+    `errors.bounded`."""
+    message = bounded(message)
     return json_response({"error": message}, status, headers)
 
 
@@ -96,16 +105,22 @@ Application = Callable[[HttpRequest, Exchange], None]
 
 
 class ConnectionSettings:
-    """What every connection of one front end shares."""
+    """What every connection of one front end shares, the refusal of one too many included
+    (encoded once: a flood of connections costs no formatting)."""
 
     def __init__(self, application: Application, max_body_bytes: int, read_timeout: float,
-                 idle_timeout: float) -> None:
+                 idle_timeout: float, max_connections: int) -> None:
         self.application = application
         self.max_body_bytes = max_body_bytes
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
         self.connections: set[HttpConnection] = set()
         self.draining = False   # answer what is in flight, then close each connection
+        self.too_many = error_response(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            f"server has its limit of {max_connections} connections open (--max-connections); "
+            "retry later or elsewhere", ((b"Retry-After", b"1"),)).encode(close=True)
 
 
 class HttpConnection(asyncio.Protocol):
@@ -118,7 +133,8 @@ class HttpConnection(asyncio.Protocol):
         self._refused = False              # a request could not be read: nothing more is read
         self._reading_paused = False
         self._writing_paused = False
-        self._last_activity = time.monotonic()
+        self._last_activity = time.monotonic()   # a request begun or the last answer written
+        self._closed_at = 0.0              # time.monotonic() of close(): its unsent answer gets a deadline
         # the request being read
         self._in_message = False
         self._message_began = 0.0          # time.monotonic() of its first byte
@@ -127,14 +143,23 @@ class HttpConnection(asyncio.Protocol):
         self._headers: dict[bytes, bytes] = {}
         self._header_bytes = 0             # bytes fed since the last request's headers ended
         self._parsed_header_bytes = 0      # request line and headers as parsed
+        self._hosts = 0                    # Host headers seen (RFC 9112 3.2: exactly one)
         self._headers_done = False
         self._body: list[bytes] = []
         self._body_bytes = 0
 
     # -- asyncio ---------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Past --max-connections the connection is answered 503 and closed at once, before any
+        of its bytes are read: descriptors stay bounded however many clients connect."""
         self._transport = transport  # type: ignore[assignment]
-        self._settings.connections.add(self)
+        settings = self._settings
+        if len(settings.connections) >= settings.max_connections:
+            self._closing = True
+            transport.write(settings.too_many)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        settings.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._settings.connections.discard(self)
@@ -147,7 +172,6 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing or self._refused:
             return
-        self._last_activity = time.monotonic()
         if not self._headers_done:
             self._header_bytes += len(data)
         try:
@@ -173,11 +197,12 @@ class HttpConnection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._in_message = True
-        self._message_began = time.monotonic()
+        self._message_began = self._last_activity = time.monotonic()
         self._started = time.perf_counter()
         self._url = b""
         self._headers = {}
         self._parsed_header_bytes = 0
+        self._hosts = 0
         self._headers_done = False
         self._body = []
         self._body_bytes = 0
@@ -190,7 +215,19 @@ class HttpConnection(asyncio.Protocol):
         if len(self._headers) >= MAX_HEADERS:
             raise httptools.HttpParserError(f"more than {MAX_HEADERS} headers")
         self._count_header_bytes(len(name) + len(value) + 4)
-        self._headers[name.lower()] = value
+        name = name.lower()
+        if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            # llhttp undoes chunked only, and passes `gzip, chunked` on as if it were plain: a
+            # coding we do not apply is refused (RFC 9112 6.1), checked per header since the
+            # dictionary keeps only the last of repeated ones
+            self._refuse(HTTPStatus.NOT_IMPLEMENTED,
+                         f"Transfer-Encoding {value[:40].decode('latin-1')!r} is not supported; send the "
+                         "body with Content-Length or 'Transfer-Encoding: chunked' (compress it with "
+                         "Content-Encoding: gzip)")
+            raise httptools.HttpParserError("unsupported transfer coding")
+        if name == b"host":
+            self._hosts += 1
+        self._headers[name] = value
 
     def _count_header_bytes(self, size: int) -> None:
         """The parsed request line and headers, however the reads cut them (data_received's own
@@ -204,15 +241,38 @@ class HttpConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._headers_done = True
         self._header_bytes = 0
+        version = self._parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            self._refuse_version(version)
+        if self._hosts > 1 or (self._hosts == 0 and version == "1.1"):
+            self._refuse(HTTPStatus.BAD_REQUEST, f"an HTTP/1.1 request needs exactly one Host header "
+                                                 f"(RFC 9112 3.2), this one has {self._hosts}")
+            raise httptools.HttpParserError("Host header missing or repeated")
+        if version == "1.0" and b"transfer-encoding" in self._headers:
+            self._refuse(HTTPStatus.BAD_REQUEST, "an HTTP/1.0 request cannot be chunked (RFC 9112 6.1); "
+                                                 "send Content-Length")
+            raise httptools.HttpParserError("HTTP/1.0 with Transfer-Encoding")
         declared = self._headers.get(b"content-length")
         limit = self._settings.max_body_bytes
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        # llhttp has checked the digits and that the value fits 64 bits, but not leading zeros: a
+        # few thousand of them would make int() raise
+        if declared is not None and declared.isdigit() and (size := int(declared.lstrip(b"0") or b"0")) > limit:
             self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                         f"request body of {int(declared)} bytes exceeds the server's limit of {limit} "
+                         f"request body of {size} bytes exceeds the server's limit of {limit} "
                          "(--max-receive-message-bytes); send fewer images per request")
             raise httptools.HttpParserError("body too large")  # stop parsing this connection
         if self._headers.get(b"expect", b"").lower() == b"100-continue" and not self._queue:
             self._transport.write(_CONTINUE)
+
+    def _refuse_version(self, version: str) -> None:
+        """llhttp reads a request line without a version (`GET /path`, HTTP/0.9) and `HTTP/2.0`
+        as requests like any other; neither is HTTP/1.x."""
+        if version == "0.9":
+            self._refuse(HTTPStatus.BAD_REQUEST, "request line lacks 'HTTP/1.1' (HTTP/0.9 is not supported)")
+        else:
+            self._refuse(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
+                         f"HTTP/{version} is not supported in an HTTP/1.1 request line; speak HTTP/1.1")
+        raise httptools.HttpParserError("unsupported HTTP version")
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -247,6 +307,8 @@ class HttpConnection(asyncio.Protocol):
             if close:
                 self._close()
                 return
+            if not queue:  # the idle timeout runs from the last answer, however long it took
+                self._last_activity = time.monotonic()
         self._update_reading()
 
     def _refuse(self, status: HTTPStatus, message: str) -> None:
@@ -261,6 +323,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closing = True
+        self._closed_at = time.monotonic()
         self._transport.close()
 
     def _update_reading(self) -> None:
@@ -281,10 +344,18 @@ class HttpConnection(asyncio.Protocol):
     # -- the front end's periodic sweep ----------------------------------------------------
     def check_timeouts(self, now: float) -> None:
         """408 for a request still being read after `read_timeout`; close a connection idle (no
-        request being read or answered) for `idle_timeout`."""
-        if self._closing or self._refused:
-            return
+        request being read or answered) for `idle_timeout`. Idle is measured from the last request
+        begun or answer written, never from other bytes: a client sending only blank lines (which
+        the parser skips) is idle. A closed connection whose client does not read its last answer
+        would stay open until the kernel took it (close() waits for the buffer to drain): after
+        `read_timeout` more it is aborted."""
         settings = self._settings
+        if self._closing:
+            if self._transport is not None and now - self._closed_at > settings.read_timeout:
+                self._transport.abort()
+            return
+        if self._refused:
+            return
         if self._in_message:
             if now - self._message_began > settings.read_timeout:
                 self._refuse(HTTPStatus.REQUEST_TIMEOUT,

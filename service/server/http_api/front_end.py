@@ -29,6 +29,7 @@ from service.server.config import ServeConfig
 from service.server.core import InferenceCore
 from service.server.http_api.app import HttpApp
 from service.server.http_api.connection import ConnectionSettings, HttpConnection
+from service.server.policy import RequestPolicy
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class HttpFrontEnd:
         self.port: int = self._socket.getsockname()[1]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._app: HttpApp | None = None
+        self._policy: RequestPolicy | None = None
         self._settings: ConnectionSettings | None = None
         self._compute_pending = False
         self._timer: asyncio.TimerHandle | None = None
@@ -90,12 +92,19 @@ class HttpFrontEnd:
         try:
             self.core.load()
             self._loop = loop = uvloop.new_event_loop()
-            self._app = HttpApp(self.core, self._is_serving, self._token, self._config.max_concurrent_rpcs,
-                                self._config.max_receive_message_bytes, self._wake_compute)
+            self._policy = RequestPolicy(self.core, self._token, self._config.max_concurrent_rpcs)
+            self._app = HttpApp(self.core, self._is_serving, self._policy, self._config.max_receive_message_bytes,
+                                self._wake_compute)
             self._settings = ConnectionSettings(self._app, self._config.max_receive_message_bytes,
-                                                self._config.http_read_timeout, self._config.http_idle_timeout)
+                                                self._config.http_read_timeout, self._config.http_idle_timeout,
+                                                self._config.max_connections)
+            context = tls_context(self._config)
+            # A client that opens a connection and never finishes the TLS handshake (or the closing
+            # one) would hold a descriptor for uvloop's 60 s (30 s): it gets the read timeout instead.
+            deadline = self._config.http_read_timeout if context is not None else None
             loop.run_until_complete(loop.create_server(lambda: HttpConnection(self._settings), sock=self._socket,
-                                                       backlog=BACKLOG, ssl=tls_context(self._config)))
+                                                       backlog=BACKLOG, ssl=context, ssl_handshake_timeout=deadline,
+                                                       ssl_shutdown_timeout=deadline))
         except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
             self._failure = exc
             self._ready.set()
@@ -131,7 +140,7 @@ class HttpFrontEnd:
         self._loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _drain(self) -> None:
-        self._app.draining = True
+        self._policy.draining = True
         self._settings.draining = True
         self._check_drained()
 

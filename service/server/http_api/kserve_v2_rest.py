@@ -22,7 +22,7 @@ import orjson
 
 from service.contract import FEATURES, INPUT_NAME
 from service.server.core_types import InferenceRequest, InferenceResult, ModelDescription, Pending
-from service.server.errors import InvalidInput
+from service.server.errors import InferenceError, InvalidInput
 from service.server.http_api.connection import Response, json_response
 from service.server.open_inference import DATATYPES, PLATFORM, SERVER_NAME, SERVER_VERSION
 from service.server.validation import check_tensor_shape, pixels_from_bytes, pixels_from_values
@@ -36,6 +36,32 @@ OCTET_STREAM = b"application/octet-stream"
 EXTENSIONS = ["binary_tensor_data"]
 WHAT = f"input '{INPUT_NAME}'"
 HEADER_CACHE = 256    # distinct binary request headers remembered; real clients send a handful
+MAX_LENGTH_DIGITS = 20  # Inference-Header-Content-Length: no body is 10**20 bytes; int() of more digits raises
+
+
+# The Content-Types real clients send with an infer body; any other is surely not one (415).
+# tritonclient.http sends none; tritonclient.http.aio application/octet-stream (aiohttp's default
+# for bytes, JSON bodies included); the load tester and the page application/json or
+# application/octet-stream; `curl -d` application/x-www-form-urlencoded; fetch() with a string
+# body text/plain. Parameters (`; charset=utf-8`) and case do not matter.
+INFER_CONTENT_TYPES = frozenset((b"application/json", OCTET_STREAM, b"application/x-www-form-urlencoded",
+                                 b"text/plain"))
+
+
+class UnsupportedMediaType(InferenceError):
+    status = "INVALID_ARGUMENT"
+    http_status = 415
+
+
+def check_content_type(content_type: bytes | None) -> None:
+    """Refuses a body declared as something no infer request is (an image, a form upload, XML).
+    The usual exact values cost one set lookup."""
+    if not content_type or content_type in INFER_CONTENT_TYPES:
+        return
+    if content_type.partition(b";")[0].strip().lower() not in INFER_CONTENT_TYPES:
+        raise UnsupportedMediaType(f"Content-Type {content_type[:60].decode('latin-1')!r} is not an infer "
+                                   "request; send application/json, or application/octet-stream with "
+                                   "Inference-Header-Content-Length")
 
 
 def _field(document: dict, key: str, kind: type, what: str, default: Any = None) -> Any:
@@ -43,9 +69,17 @@ def _field(document: dict, key: str, kind: type, what: str, default: Any = None)
     when absent; anything else is the client's error."""
     value = document.get(key, default)
     if value is not default and (not isinstance(value, kind) or type(value) is bool and kind is not bool):
-        shown = orjson.dumps(value)[:60].decode(errors="replace")
-        raise InvalidInput(f"{what} '{key}' must be {_JSON_NAMES[kind]}, got {shown}")
+        raise InvalidInput(f"{what} '{key}' must be {_JSON_NAMES[kind]}, got {_shown(value)}")
     return value
+
+
+def _shown(value: object) -> str:
+    """The start of `value` as JSON, for a message; orjson writes at most 255 levels of nesting
+    (its parser reads 1024), so a deeper value is named instead of shown."""
+    try:
+        return orjson.dumps(value)[:60].decode(errors="replace")
+    except orjson.JSONEncodeError:
+        return "an array or object nested too deep to show"
 
 
 _JSON_NAMES = {dict: "an object", list: "an array", str: "a string", int: "an integer", bool: "true or false"}
@@ -55,7 +89,7 @@ def json_length(body: bytes, header_length: bytes | None) -> int:
     """How many bytes of the body are JSON: all, or what Inference-Header-Content-Length says."""
     if header_length is None:
         return len(body)
-    if not header_length.isdigit():
+    if len(header_length) > MAX_LENGTH_DIGITS or not header_length.isdigit():  # bytes: ASCII digits only
         raise InvalidInput(f"Inference-Header-Content-Length must be a byte count, got {header_length[:40]!r}")
     length = int(header_length)
     if length > len(body):
@@ -167,8 +201,19 @@ def _pixels_from_json(data: object, datatype: str, dtype: str, may_hold_booleans
 
 
 def _holds_booleans(values: list) -> bool:
-    kinds = set(map(type, values))
-    return bool in kinds or list in kinds and any(_holds_booleans(v) for v in values if type(v) is list)
+    """Whether `values` or an array nested in it holds true or false. A loop over a stack, not
+    recursion: orjson reads JSON nested up to 1024 deep, far past Python's recursion limit (a
+    RecursionError was a 500). Data nested deeper than NumPy's 64 dimensions is then refused by
+    `np.array` as not an evenly nested array."""
+    stack = [values]
+    while stack:
+        current = stack.pop()
+        kinds = set(map(type, current))
+        if bool in kinds:
+            return True
+        if list in kinds:
+            stack.extend(v for v in current if type(v) is list)
+    return False
 
 
 def _requested_outputs(document: dict, binary_default: bool) -> tuple[tuple[str, ...] | None, tuple[bool, ...]]:

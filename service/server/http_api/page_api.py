@@ -1,7 +1,7 @@
 """The page at `/` and the three small JSON endpoints it uses beside the standard infer.
 
 `POST /v1/preprocess` runs the one MNIST-style preprocessing `digits classify` uses
-(`service.client.preprocess`) on a drawing, so the page shows exactly what the network receives
+(`service.shared.preprocess`) on a drawing, so the page shows exactly what the network receives
 and no second implementation exists in JavaScript. `GET /v1/weights` gives the first layer's
 weights, the lesson's picture of what pixel pattern each neuron looks for. `GET
 /v1/samples/random` gives an image of `mnist_sample/` (the first 500 MNIST test images, shipped
@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.client.mnist_files import load_test_set
-from service.client.preprocess import PreprocessError, preprocess_float32
+from service.shared.mnist_files import load_test_set
+from service.shared.preprocess import PreprocessError, preprocess_float32
 from service.contract import IMAGE_SIDE
+from service.server.core_types import ModelDescription
 from service.server.errors import InvalidInput, ModelNotFound
 from service.server.http_api.connection import Response, json_response
+from service.server.http_api.weights import FirstLayers
 
 API = "digits_rest"
 PREPROCESS, WEIGHTS, SAMPLES = "/v1/preprocess", "/v1/weights", "/v1/samples/random"
@@ -31,6 +33,7 @@ ROUTES = (PREPROCESS, WEIGHTS, SAMPLES)
 PAGE_DIR = Path(__file__).with_name("page")
 SAMPLE_DIR = Path(__file__).with_name("mnist_sample")
 MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_INDEX_DIGITS = 9   # ?index=: int() of a 4,301-digit string raises, so longer ones are refused first
 CONTENT_TYPES = {".html": b"text/html; charset=utf-8", ".js": b"text/javascript; charset=utf-8",
                  ".css": b"text/css; charset=utf-8", ".png": b"image/png", ".svg": b"image/svg+xml",
                  ".ico": b"image/x-icon"}
@@ -70,10 +73,11 @@ def preprocess(body: bytes) -> Response:
     return json_response({"pixels": pixels.reshape(-1), "shape": [IMAGE_SIDE, IMAGE_SIDE]})
 
 
-def weights(model) -> Response:
-    if model.first_layer is None:
+def weights(model: ModelDescription, layers: FirstLayers) -> Response:
+    layer = layers.of(model)
+    if layer is None:
         raise ModelNotFound(f"model {model.name} version {model.version} has no first dense layer to show")
-    matrix, biases = model.first_layer
+    matrix, biases = layer
     return json_response({"model_name": model.name, "model_version": model.version, "layer": "activation_1",
                   "shape": [len(matrix), IMAGE_SIDE, IMAGE_SIDE], "weights": matrix.reshape(-1),
                   "biases": biases})
@@ -87,12 +91,13 @@ class Samples:
         self._random = np.random.default_rng(seed)
 
     def random(self, query: dict[str, str]) -> Response:
-        """`?index=k` picks one (for tests and links); otherwise a random one."""
+        """`?index=k` picks one (for tests and links); otherwise a random one. `k` is ASCII digits
+        only: str.isdigit() is also true of '²', which int() refuses."""
         count = len(self._labels)
         text = query.get("index")
         if text is None:
             index = int(self._random.integers(count))
-        elif text.isdigit() and int(text) < count:
+        elif len(text) <= MAX_INDEX_DIGITS and text.isascii() and text.isdigit() and int(text) < count:
             index = int(text)
         else:
             raise InvalidInput(f"index must be an integer within 0..{count - 1}, got {text[:20]!r}")

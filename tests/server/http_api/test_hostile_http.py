@@ -190,6 +190,117 @@ def test_rest_infer_requests_get_the_precise_status(rest, offline, served_versio
         check_error_body(headers["content-type"], body)
 
 
+# ----------------------------------------------------------------------------- inputs that once made a 500
+
+
+def deep(depth: int, leaf: bytes = b"0") -> bytes:
+    return b"[" * depth + leaf + b"]" * depth
+
+
+def infer_document(data: bytes = b"[0]", request_id: bytes = b'"x"', extra: bytes = b"") -> bytes:
+    """An infer request's JSON with `data` and `id` spliced in as raw JSON text."""
+    return (b'{"id":' + request_id + b',"inputs":[{"name":"pixels","datatype":"UINT8","shape":[1,784],"data":'
+            + data + b'}]' + extra + b'}')
+
+
+NESTED_TOO_DEEP = {
+    # _holds_booleans recursed once per level: 330 levels were a RecursionError (500)
+    "data 330 deep holding true": (infer_document(deep(330, b"true")), "holds true or false"),
+    "data 330 deep, a true elsewhere": (infer_document(deep(330), extra=b',"parameters":{"binary_data_output":true}'),
+                                        "evenly nested"),
+    "data 1000 deep": (infer_document(deep(1000)), "evenly nested"),
+    # orjson writes at most 255 levels: showing the wrong value in the message raised (500)
+    "id 300 deep": (infer_document(request_id=deep(300)), "'id' must be a string"),
+    "binary_data_output 300 deep": (infer_document(extra=b',"parameters":{"binary_data_output":' + deep(300) + b"}"),
+                                    "'binary_data_output' must be true or false"),
+}
+
+
+@pytest.mark.parametrize("name", NESTED_TOO_DEEP)
+def test_json_nested_hundreds_deep_is_400_with_a_one_line_message(rest, leaves_server_clean, name):
+    body, expected = NESTED_TOO_DEEP[name]
+    status, headers, answer = rest.request("POST", INFER_PATH, body, {"Content-Type": "application/json"})
+    assert status == 400, answer[:300]
+    message = check_error_body(headers["content-type"], answer)
+    assert expected in message and "\n" not in message, message
+    TALLY.record("wire REST deep JSON", str(status))
+
+
+@pytest.mark.parametrize("index", ["9" * 4301, "%C2%B2", "%D9%A1", "1" * 10, "-1", "1e2", "%201", "500"])
+def test_a_sample_index_that_is_not_a_small_ascii_number_is_400(rest, leaves_server_clean, index):
+    """int() raised on 4,301 digits and on '²' (str.isdigit() is true of it): both were 500s."""
+    status, headers, answer = rest.request("GET", f"/v1/samples/random?index={index}")
+    assert status == 400, answer[:300]
+    assert "index must be an integer within 0..499" in check_error_body(headers["content-type"], answer)
+    status, _, answer = rest.request("GET", "/v1/samples/random?index=0007")
+    assert status == 200 and json.loads(answer)["index"] == 7
+
+
+@pytest.mark.parametrize("length", ["0" * 5000 + "1", "9" * 4301, "\u0661", "1" * 21])
+def test_an_inference_header_length_of_thousands_of_digits_is_400(rest, leaves_server_clean, length):
+    body, headers = binary_infer_body(mnist_test_images()[:1])
+    status, answer_headers, answer = rest.request("POST", INFER_PATH, body, {
+        **headers, "Inference-Header-Content-Length": length.encode()})
+    assert status == 400, answer[:300]
+    assert "must be a byte count" in check_error_body(answer_headers["content-type"], answer)
+
+
+def test_a_content_length_with_thousands_of_leading_zeros_is_read_as_its_value(rest, leaves_server_clean):
+    body = json_infer_body(mnist_test_images()[:1], "zeros")
+    status, _, answer = rest.request("POST", INFER_PATH, body, {
+        "Content-Type": "application/json", "Content-Length": "0" * 5000 + str(len(body))})
+    assert status == 200 and json.loads(answer)["id"] == "zeros", answer[:300]
+
+
+def huge_shape() -> bytes:
+    return json.dumps({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1] * 100_001,
+                                   "data": [0] * FEATURES}]}).encode()
+
+
+def huge_output_name() -> bytes:
+    document = json.loads(json_infer_body(mnist_test_images()[:1]))
+    document["outputs"] = [{"name": "x" * 200_000}]
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize("body", [huge_shape, huge_output_name])
+def test_an_error_quoting_huge_input_is_cut_to_1024_characters(rest, leaves_server_clean, body):
+    """Messages quote the input (the shape, an unknown output's name): a 100,001-dimension shape
+    made a 300 KB answer. The message is cut at 1,024 characters, ending with an ellipsis."""
+    sent = body()
+    status, headers, answer = rest.request("POST", INFER_PATH, sent, {"Content-Type": "application/json"})
+    assert status == 400, answer[:300]
+    message = check_error_body(headers["content-type"], answer)
+    assert len(message) == 1024 and message.endswith("…"), (len(message), message[:100])
+    assert len(answer) < 1200 < len(sent) // 100
+
+
+# what tritonclient.http (none), tritonclient.http.aio (octet-stream, JSON too), the load tester and
+# the page (json, octet-stream), `curl -d` (form) and fetch() with a string body (text/plain) send
+SENT_BY_CLIENTS = [None, "application/json", "application/json; charset=utf-8", "Application/JSON",
+                   "application/octet-stream", "application/x-www-form-urlencoded", "text/plain;charset=UTF-8", ""]
+NOT_AN_INFER_REQUEST = ["multipart/form-data; boundary=xyz", "image/png", "text/html", "application/xml",
+                        "application/x-protobuf", "application/jsonl", "json"]
+
+
+@pytest.mark.parametrize("content_type", SENT_BY_CLIENTS + NOT_AN_INFER_REQUEST)
+def test_an_infer_body_declared_as_something_else_is_415(server, rest, leaves_server_clean, content_type):
+    """Content-Types real clients send are served; a body declared as an image, a form upload or
+    XML is 415 with a one-line message, counted like any other refused infer call."""
+    body = json_infer_body(mnist_test_images()[:1], "typed")
+    counted = 'api="kserve_v2_rest",code="INVALID_ARGUMENT",method="ModelInfer"'
+    before = server.metric("digits_requests_total", counted)
+    status, headers, answer = rest.request("POST", INFER_PATH, body,
+                                           {} if content_type is None else {"Content-Type": content_type})
+    if content_type in NOT_AN_INFER_REQUEST:
+        assert status == 415, answer[:300]
+        message = check_error_body(headers["content-type"], answer)
+        assert "application/json" in message and "\n" not in message, message
+        assert server.metric("digits_requests_total", counted) == before + 1
+    else:
+        assert status == 200 and json.loads(answer)["id"] == "typed", answer[:300]
+
+
 # ----------------------------------------------------------------------------- transport
 
 

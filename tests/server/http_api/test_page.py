@@ -22,7 +22,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from service.client.preprocess import preprocess_float32
+from service.shared.preprocess import preprocess_float32
 from tests.support import REPO
 from tests.support.mnist import mnist_test_images, mnist_test_labels
 from tests.support.server import RunningServer

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -19,13 +20,13 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-from service.client.preprocess import preprocess_float32
+from service.shared.preprocess import preprocess_float32
 from tests.support import MODEL_NAME, wait_for
 from tests.support.certificates import CertificateAuthority
 from tests.support.http import Reply, binary_infer_body, binary_outputs, call, json_outputs
 from tests.support.mnist import mnist_test_images, mnist_test_labels
-from tests.support.models import add_version, shipped_repository
-from tests.support.server import RunningServer
+from tests.support.models import SHIPPED_MODEL, add_version, offline_model, permuted_model, shipped_repository
+from tests.support.server import HeldServer, RunningServer
 
 INFER = f"/v2/models/{MODEL_NAME}/infer"
 ALL = ("probabilities", "logits", "activation_1", "activation_2")
@@ -112,6 +113,25 @@ def test_compressed_bodies_are_bounded_and_unknown_encodings_refused(server):
     assert reply.status == 415 and "not supported" in error_of(reply)
     reply = call(server.http_url, "POST", INFER, gzip.compress(body)[:-20], {"Content-Encoding": "gzip"})
     assert reply.status == 400, reply
+
+
+@pytest.mark.parametrize("method, path, allow", [
+    ("GET", INFER, "POST"), ("POST", "/v2/health/ready", "GET, HEAD"), ("PUT", f"/v2/models/{MODEL_NAME}", "GET, HEAD"),
+    ("DELETE", "/v2", "GET, HEAD"), ("GET", "/v1/preprocess", "POST"), ("POST", "/v1/weights", "GET, HEAD"),
+])
+def test_every_405_says_what_is_allowed(server, method, path, allow):
+    reply = call(server.http_url, method, path, b"" if method != "GET" else None)
+    assert reply.status == 405 and reply.headers["allow"] == allow, reply
+
+
+@pytest.mark.parametrize("hosts", [[], ["a", "b"]], ids=["none", "two"])
+def test_an_http_1_1_request_needs_exactly_one_host(server, hosts):
+    port = int(server.http_url.rsplit(":", 1)[1])
+    head = "GET /v2/health/live HTTP/1.1\r\n" + "".join(f"Host: {h}\r\n" for h in hosts) + "\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        answer = sock.makefile("rb").read()
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"exactly one Host header" in answer, answer[:300]
 
 
 def test_head_answers_like_get_without_the_body(server):
@@ -215,40 +235,48 @@ def test_tls_mutual_tls_and_the_token_apply_to_http(pki, tmp_path):
 
 
 def test_beyond_the_admission_limit_requests_get_429_with_retry_after():
-    server = RunningServer("--workers", "1", "--max-concurrent-rpcs", "2", "--max-queue-delay-us", "300000")
+    """Two requests are held in the queue by the test (not by a clock), so they hold both
+    admission slots whatever the machine's load: every request after them gets 429 at once."""
+    server = HeldServer("--workers", "1", "--max-concurrent-rpcs", "2")
     try:
-        replies: list[Reply] = []
+        held: list[Reply] = []
         one = mnist_test_images()[:1]
-        threads = [threading.Thread(target=lambda: replies.append(infer_json(server.http_url, one)))
-                   for _ in range(8)]
+        threads = [threading.Thread(target=lambda: held.append(infer_json(server.http_url, one))) for _ in range(2)]
         for thread in threads:
             thread.start()
+        assert wait_for(lambda: server.metric("digits_inflight_requests") == 2, timeout=10)
+        refused = [infer_json(server.http_url, one) for _ in range(6)]
+        assert [r.status for r in refused] == [429] * 6
+        assert refused[0].headers["retry-after"] == "1" and "--max-concurrent-rpcs" in error_of(refused[0])
+        server.release()
         for thread in threads:
             thread.join(30)
-        statuses = sorted(r.status for r in replies)
-        assert len(statuses) == 8 and set(statuses) == {200, 429}, statuses
-        assert statuses.count(200) >= 2
-        refused = next(r for r in replies if r.status == 429)
-        assert refused.headers["retry-after"] == "1" and "--max-concurrent-rpcs" in error_of(refused)
-        assert server.metric("digits_requests_total", 'api="kserve_v2_rest",code="RESOURCE_EXHAUSTED",method="ModelInfer"') \
-            == statuses.count(429)
+        assert [r.status for r in held] == [200, 200]
+        assert server.metric("digits_requests_total", 'api="kserve_v2_rest",code="RESOURCE_EXHAUSTED",method="ModelInfer"') == 6
     finally:
+        server.release()
         assert server.stop() == 0
 
 
 def test_draining_finishes_what_is_in_flight_answers_503_and_flips_ready():
-    server = RunningServer("--workers", "1", "--max-queue-delay-us", "2000000")
+    server = HeldServer("--workers", "1", "--grace-period", "60")
     held: list[Reply] = []
     one = mnist_test_images()[:1]
-    slow = threading.Thread(target=lambda: held.append(infer_json(server.http_url, one)))
-    slow.start()
-    assert wait_for(lambda: server.metric("digits_inflight_requests") == 1, timeout=10)
-    server.process.send_signal(signal.SIGTERM)
-    assert wait_for(lambda: "draining" in server.log, timeout=10)
-    ready = call(server.http_url, "GET", "/v2/health/ready")
-    refused = infer_json(server.http_url, one)
-    slow.join(30)
-    assert server.wait_exit(30) == 0
+    try:
+        slow = threading.Thread(target=lambda: held.append(infer_json(server.http_url, one)))
+        slow.start()
+        assert wait_for(lambda: server.metric("digits_inflight_requests") == 1, timeout=10)
+        server.process.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: "draining" in server.log, timeout=10)
+        ready = call(server.http_url, "GET", "/v2/health/ready")
+        refused = infer_json(server.http_url, one)
+        assert not held   # still held when the drain refused the others
+        server.release()
+        slow.join(30)
+        assert server.wait_exit(30) == 0
+    finally:
+        server.release()
+        server.stop()
     assert ready.status == 503 and "not ready" in error_of(ready)
     assert refused.status == 503 and refused.headers["connection"] == "close"
     assert "shutting down" in error_of(refused) and refused.headers["retry-after"] == "1"
@@ -256,14 +284,22 @@ def test_draining_finishes_what_is_in_flight_answers_503_and_flips_ready():
 
 
 def test_hot_reload_reaches_the_http_front_end(tmp_path):
+    """Version 2 answers differently (its output rows are permuted), so the answers prove which
+    version computed them, not only the version field."""
     repository = shipped_repository(tmp_path / "models")
     server = RunningServer("--workers", "1", "--model-repository", str(repository), "--model-poll-interval", "0.2")
     try:
         one = mnist_test_images()[:1]
-        assert infer_json(server.http_url, one).json()["model_version"] == "1"
-        add_version(repository, "2", (repository / MODEL_NAME / "1" / "model.onnx").read_bytes(),
-                    tmp_path / "staging")
+        first = infer_json(server.http_url, one)
+        assert first.json()["model_version"] == "1"
+        np.testing.assert_allclose(json_outputs(first)["probabilities"], offline_model(SHIPPED_MODEL)(one)["probabilities"],
+                                   atol=1e-6)
+        permuted = permuted_model()
+        add_version(repository, "2", permuted, tmp_path / "staging")
         assert wait_for(lambda: infer_json(server.http_url, one).json()["model_version"] == "2", timeout=20)
+        second = json_outputs(infer_json(server.http_url, one))["probabilities"]
+        np.testing.assert_allclose(second, offline_model(permuted)(one)["probabilities"], atol=1e-6)
+        assert not np.allclose(second, json_outputs(first)["probabilities"], atol=1e-3)
         assert call(server.http_url, "GET", "/v1/weights").json()["model_version"] == "2"
     finally:
         assert server.stop() == 0
@@ -290,3 +326,6 @@ def test_two_workers_share_the_http_port_and_one_metrics_count(offline):
                                               'api="kserve_v2_rest",code="OK",method="ModelInfer"') == 40)
     finally:
         assert server.stop() == 0
+    answered = server.answered_by_worker()   # each worker's own count, logged as it stops
+    assert len(answered) == 2 and sum(answered.values()) == 40, answered
+    assert all(count > 0 for count in answered.values()), f"one worker answered every request: {answered}"

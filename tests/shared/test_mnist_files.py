@@ -1,4 +1,4 @@
-"""service.client.mnist_files: the IDX reader the client tools and the load tester share."""
+"""service.shared.mnist_files: the IDX reader the client tools and the load tester share."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import gzip
 import numpy as np
 import pytest
 
-from service.client.mnist_files import load_test_set, read_idx
+from service.shared.mnist_files import load_test_set, read_idx
 from tests.support import MNIST_DIR
 
 

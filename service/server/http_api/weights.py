@@ -1,7 +1,9 @@
-"""The first layer's weights of a loaded model, for the page's picture of what each neuron looks for.
+"""The first layer's weights of a served model, for the page's picture of what each neuron looks for.
 
-Read once when a version loads, from the ONNX file's initializers: the weight matrix of the Gemm
-node that takes the model's input. onnxruntime does not expose initializers, hence `onnx` here.
+Page-only work, so it happens beside the page and only when the page asks (`GET /v1/weights`):
+read from the ONNX file's initializers, the weight matrix of the Gemm node that takes the model's
+input, once a version (a server without HTTP never parses them). onnxruntime does not expose
+initializers, hence `onnx` here.
 """
 
 from __future__ import annotations
@@ -11,6 +13,19 @@ import onnx
 from onnx import numpy_helper
 
 from service.contract import INPUT_NAME
+from service.server.core_types import ModelDescription
+
+
+class FirstLayers:
+    """The first layer of each version the page asked about, by the model file's digest."""
+
+    def __init__(self) -> None:
+        self._by_digest: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
+
+    def of(self, model: ModelDescription) -> tuple[np.ndarray, np.ndarray] | None:
+        if model.sha256 not in self._by_digest:
+            self._by_digest = {model.sha256: first_layer(model.source.read_bytes())}  # the served one only
+        return self._by_digest[model.sha256]
 
 
 def first_layer(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:

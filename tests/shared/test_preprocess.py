@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.client.preprocess import (BlankImageError, PreprocessError, centre_of_mass, load_grayscale,
+from service.shared.preprocess import (BlankImageError, PreprocessError, centre_of_mass, load_grayscale,
                                        preprocess, preprocess_float32, to_float32)
 from tests.support.mnist import disguise, mnist_digits
 
