@@ -26,12 +26,12 @@ import sys
 from contextlib import closing
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service.contract import DEFAULT_MODEL_NAME as MODEL_NAME
 from service.contract import FEATURES as PIXELS
 from service.contract import INPUT_NAME, LOGITS, NUM_CLASSES, PROBABILITIES, activation_name
 from service.generated.digits.v1 import digits_pb2
+from service.generated.grpc.health.v1 import health_pb2, health_pb2_grpc
 from service.generated.inference import grpc_predict_v2_pb2 as v2
 from service.wire import length_delimited
 
@@ -193,6 +193,19 @@ class NoopServicer:
         ]
 
 
+class AlwaysServing(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1 Check: SERVING for the server and both services from the start (the floor
+    has no model to load), NOT_FOUND for any other name, as our server answers."""
+
+    SERVICES = ("", "digits.v1.DigitClassifier", "inference.GRPCInferenceService")
+
+    async def Check(self, request: health_pb2.HealthCheckRequest,  # noqa: N802 - the gRPC method's name
+                    context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
+        if request.service not in self.SERVICES:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{request.service}'")
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
 def reserve_port(host: str, port: int) -> socket.socket:
     """Binds (without listening) a SO_REUSEPORT socket so that workers can share the port it got."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -207,12 +220,7 @@ async def serve_worker(host: str, port: int, counts, row: int, ready=None) -> No
                                       ("grpc.max_send_message_length", -1)])
     servicer = NoopServicer(counts, row)
     server.add_generic_rpc_handlers(servicer.handlers())
-    health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for service in ("", "digits.v1.DigitClassifier", "inference.GRPCInferenceService"):
-        result = health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-        if asyncio.iscoroutine(result):
-            await result
+    health_pb2_grpc.add_HealthServicer_to_server(AlwaysServing(), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if server.add_insecure_port(address) != port:
         raise RuntimeError(f"could not bind {address}")

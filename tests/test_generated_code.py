@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import filecmp
 import json
+import re
 import subprocess
 import sys
+import tomllib
 
 from service.generated.inference import grpc_predict_v2_pb2 as ours
 from service.generated.inference import model_config_pb2 as our_config
@@ -23,6 +25,31 @@ def test_generated_code_is_fresh(tmp_path):
     extra = sorted(str(p.relative_to(committed)) for p in committed.rglob("*.py*")
                    if "__pycache__" not in p.parts and p.relative_to(committed) not in written)
     assert not stale and not extra, f"run `python proto/generate.py`; stale: {stale}, unexpected: {extra}"
+
+
+def pyproject_requirement(extra: str | None, name: str) -> str:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = project["optional-dependencies"][extra] if extra else project["dependencies"]
+    (found,) = [r for r in requirements if re.match(rf"{re.escape(name)}\b(?![-\[])", r)]
+    return found
+
+
+def test_the_generator_is_pinned_to_what_generate_py_checks():
+    assert pyproject_requirement("test", "grpcio-tools") == f"grpcio-tools=={generate.GRPCIO_TOOLS}"
+
+
+def test_protobuf_pin_starts_at_the_generated_codes_runtime_floor_and_allows_6_and_7():
+    """Each _pb2.py refuses a protobuf runtime older than the protoc that wrote it: our floor is
+    that version, and the range takes 6 (tritonclient's) and 7 (newest)."""
+    declared = set()
+    for module in (REPO / "service" / "generated").rglob("*_pb2.py"):
+        found = re.search(r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),"
+                          r"\s*(\d+),", module.read_text())
+        assert found, module
+        declared.add(tuple(map(int, found.groups())))
+    (floor,) = declared
+    assert floor[0] == 6
+    assert pyproject_requirement(None, "protobuf") == f"protobuf>={'.'.join(map(str, floor))},<8"
 
 
 TRITON_SIDE = """

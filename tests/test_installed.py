@@ -1,16 +1,21 @@
 """Installed, not only cloned: `pip install .` (as the container image does) puts the packages in
-site-packages, away from the source tree's data/ folder; the defaults must then work or say how
-to point at the data. The install goes to a temporary folder that alone is on the path."""
+site-packages, away from the source tree's data/ and models/ folders; the defaults must then work
+or say how to point at the data, and `digits serve` serves the model the package carries. The
+install goes to a temporary folder that alone is on the path."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
+from service.client.digit_client import DigitClient
 from tests.support import MNIST_DIR, REPO
+from tests.support.mnist import mnist_test_images, mnist_test_labels
+from tests.support.server import RunningServer
 
 PARAMS = REPO / "models" / "mnist_mlp" / "1" / "params.npz"
 
@@ -49,3 +54,27 @@ def test_export_finds_the_data_by_environment_or_current_folder(installed, tmp_p
     by_cwd = digits(installed, tmp_path, "export", "--params", str(PARAMS), "--out", str(tmp_path / "b.onnx"))
     assert by_cwd.returncode == 0, by_cwd.stderr
     assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
+
+
+def test_serve_from_an_empty_folder_serves_the_packaged_model_and_says_so(installed, tmp_path):
+    server = RunningServer("--workers", "1", cwd=tmp_path, env={"PYTHONPATH": str(installed)})
+    try:
+        packaged = installed / "service" / "models"
+        assert f"repository={packaged}" in server.log, server.log
+        assert (packaged / "mnist_mlp" / "1" / "MODEL_CARD.md").is_file()
+        with DigitClient(server.address) as client:
+            (prediction,) = client.classify(mnist_test_images()[:1])
+        assert prediction.digit == mnist_test_labels()[0] == 7
+    finally:
+        assert server.stop() == 0, server.log
+
+
+def test_serve_with_neither_models_folder_nor_packaged_model_names_the_flag(installed, tmp_path):
+    bare = tmp_path / "site-packages"  # the install without the model it carries
+    shutil.copytree(installed, bare, ignore=lambda folder, names: ["models"] if folder.endswith("service") else [])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    server = RunningServer("--workers", "1", cwd=empty, env={"PYTHONPATH": str(bare)}, wait=False)
+    assert server.wait_exit(60) == 2
+    (line,) = [line for line in server.log.splitlines() if "cannot start" in line]
+    assert "no model versions under models/mnist_mlp" in line and "--model-repository" in line, line

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from service.server import config as serve_config
 from service.server import logs
+from service.version import package_version
 
 log = logging.getLogger("service.serve")
 
@@ -17,12 +19,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Serve the model over gRPC: digits.v1.DigitClassifier, the Open Inference Protocol "
                     "(inference.GRPCInferenceService), grpc.health.v1 and reflection; Prometheus metrics "
                     "over HTTP. Every flag can also be set by the environment variable shown.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     serve_config.add_arguments(parser)
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    config = serve_config.from_args(args)
+    try:
+        config = serve_config.from_args(args)
+    except serve_config.ConfigError as exc:
+        print(f"digits serve: error: {exc}", file=sys.stderr)
+        return 2
     logs.configure(config.log_level, config.log_json)
     try:
         # Imported here, not above: a client-only install (without the `server` extra) still runs

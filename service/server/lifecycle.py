@@ -17,10 +17,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import REGISTRY, start_http_server
 
-from service.server import metrics, runtime, security
+from service.server import metrics, ports, runtime, security
 from service.server.config import ServeConfig
 from service.server.core import InferenceCore, LoadedModels
 from service.server.core_types import CoreSettings
@@ -38,8 +39,17 @@ def announce(config: ServeConfig, grpc_port: int, http_port: int | None, metrics
     """The one line that says the server is up (tests and scripts wait for it)."""
     scheme = "https" if config.tls_cert else "http"
     http = f"{scheme}://{config.host}:{http_port}" if http_port is not None else "off"
-    log.info("serving grpc=%s:%d http=%s metrics=http://%s:%d/metrics workers=%d", config.host, grpc_port,
-             http, config.host, metrics_port, config.workers)
+    log.info("serving grpc=%s:%d http=%s metrics=http://%s:%d/metrics workers=%d repository=%s", config.host,
+             grpc_port, http, config.host, metrics_port, config.workers, Path(config.model_repository).absolute())
+
+
+def check_ports_unused(config: ServeConfig) -> None:
+    """Raises OSError when another process listens on a port this server is to serve: SO_REUSEPORT
+    would otherwise share it silently (see ports.py)."""
+    ports.check_unused(config.host, config.port, "gRPC")
+    if config.http:
+        ports.check_unused(config.host, config.http_port, "HTTP")
+    ports.check_unused(config.host, config.metrics_port, "metrics")
 
 
 def core_settings(config: ServeConfig) -> CoreSettings:
@@ -132,8 +142,11 @@ def serve(config: ServeConfig, on_ready: Callable[[int, int | None], None] | Non
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: process.request_stop())
         port = process.start()
-    except (ModelLoadError, ModelNotFound, security.SecurityConfigError, OSError,
-            transport.UnsupportedGrpcio) as exc:
+    except ModelNotFound as exc:
+        log.error("cannot start: %s; name the model repository with --model-repository (or DIGITS_MODEL_REPOSITORY)",
+                  exc)
+        return 2
+    except (ModelLoadError, security.SecurityConfigError, OSError, transport.UnsupportedGrpcio) as exc:
         log.error("cannot start: %s", exc)
         return 2
     if on_ready is not None:
@@ -147,6 +160,11 @@ def serve(config: ServeConfig, on_ready: Callable[[int, int | None], None] | Non
 
 def serve_in_process(config: ServeConfig) -> int:
     """`--workers 1`: this process serves gRPC, and /metrics from a thread."""
+    try:
+        check_ports_unused(config)
+    except OSError as exc:
+        log.error("cannot start: %s", exc.strerror)
+        return 2
     metrics.register(REGISTRY)  # beside prometheus-client's process and platform collectors
     try:
         httpd, _ = start_http_server(config.metrics_port, addr=config.host)

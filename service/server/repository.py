@@ -1,6 +1,8 @@
 """The model repository on disk: `<root>/<model name>/<version>/model.onnx`, as Triton lays it out.
 
 Version folders are positive integers; the newest one is served unless a version is pinned.
+The package carries the shipped model as a repository of its own (`service/models`), so an
+installed `digits serve` has a model to serve from any folder; `./models` wins when it exists.
 """
 
 from __future__ import annotations
@@ -11,6 +13,14 @@ from pathlib import Path
 from service.server.errors import ModelNotFound
 
 MODEL_FILENAME = "model.onnx"
+DEFAULT_ROOT = "models"
+PACKAGED_ROOT = Path(__file__).resolve().parent.parent / "models"
+
+
+def default_root(cwd: Path | None = None) -> Path:
+    """`models` of the current folder when there is one, else the repository inside the package."""
+    local = (cwd or Path.cwd()) / DEFAULT_ROOT
+    return Path(DEFAULT_ROOT) if local.is_dir() or not PACKAGED_ROOT.is_dir() else PACKAGED_ROOT
 
 
 @dataclass(frozen=True)

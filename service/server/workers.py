@@ -2,7 +2,8 @@
 
 Python serves one core per process, so using every core takes processes. The supervisor forks
 the workers before any gRPC object exists (gRPC does not survive a fork), and they all bind the
-same port with SO_REUSEPORT, so the kernel spreads connections across them. The supervisor holds
+same port with SO_REUSEPORT, so the kernel spreads connections across them (a port another
+process listens on is refused first, so that no other server shares it). The supervisor holds
 the port without listening (so port 0 resolves once for everyone), maps the metrics' shared rows
 before forking and serves them summed into one /metrics, forwards SIGTERM/SIGINT, and replaces a
 worker that dies unexpectedly.
@@ -36,6 +37,7 @@ class Supervisor:
 
     def run(self) -> int:
         try:
+            lifecycle.check_ports_unused(self.config)  # the ports are shared only among our own workers
             holder = ports.reserve(self.config.host, self.config.port, "gRPC")
         except OSError as exc:
             log.error("cannot start: %s", exc.strerror)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.generated.digits.v1 import digits_pb2_grpc as pb_grpc
+from service.generated.grpc.health.v1 import health_pb2, health_pb2_grpc
 from service.generated.inference import grpc_predict_v2_pb2 as vpb
 from service.generated.inference import grpc_predict_v2_pb2_grpc as vgrpc
 from tests.support.certificates import CertificateAuthority

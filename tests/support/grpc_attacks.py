@@ -52,7 +52,7 @@ def classify_message() -> bytes:
 
 
 def reflection_message() -> bytes:
-    from grpc_reflection.v1alpha import reflection_pb2 as rpb
+    from service.generated.grpc.reflection.v1 import reflection_pb2 as rpb
     return rpb.ServerReflectionRequest(list_services="").SerializeToString()
 
 

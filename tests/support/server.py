@@ -15,9 +15,9 @@ import uuid
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.generated.grpc.health.v1 import health_pb2, health_pb2_grpc
 from tests.support import REPO, wait_for
 from tests.support.held_serve import HOLD_ENV
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import onnxruntime as ort
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.generated.grpc.health.v1 import health_pb2, health_pb2_grpc
 from service.generated.inference import grpc_predict_v2_pb2 as v2
 from service.generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 

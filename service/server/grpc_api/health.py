@@ -1,13 +1,14 @@
-"""grpc.health.v1: Check, and Watch's subscribers, for the serving loop.
+"""grpc.health.v1: Check, List, and Watch's subscribers, for the serving loop.
 
 The lifecycle code is the only caller of `set_serving`; the loop sends what it returns to the
 watchers. Every service this server offers is listed (and "" for the server as a whole), so a
-probe of any of them flips together.
+probe of any of them flips together. The messages are our own generated code
+(proto/grpc/health/v1/health.proto), not grpcio-health-checking's, which pins protobuf 7.
 """
 
 from __future__ import annotations
 
-from grpc_health.v1 import health_pb2 as pb
+from service.generated.grpc.health.v1 import health_pb2 as pb
 
 from service.server.errors import ModelNotFound
 from service.server.grpc_api.methods import Kind, Method
@@ -29,6 +30,14 @@ class Health:
         if service not in self._status:
             raise ModelNotFound(f"unknown service '{service}'")
         return _REPLIES[self._status[service]]
+
+    def list(self, data: bytes, deadline: float | None) -> bytes:
+        """Every service with its status (the server as a whole under "")."""
+        parse(pb.HealthListRequest, data)
+        reply = pb.HealthListResponse()
+        for name, status in self._status.items():
+            reply.statuses[name].status = status
+        return reply.SerializeToString()
 
     def watch(self, call: object, data: bytes) -> bytes:
         """Subscribes `call`; returns the first reply (SERVICE_UNKNOWN for a service we lack,
@@ -53,4 +62,5 @@ class Health:
 
     def methods(self) -> list[Method]:
         return [Method(f"/{SERVICE}/Check", Kind.UNARY, self.check),
+                Method(f"/{SERVICE}/List", Kind.UNARY, self.list),
                 Method(f"/{SERVICE}/Watch", Kind.WATCH)]

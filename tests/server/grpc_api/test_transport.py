@@ -13,10 +13,10 @@ import time
 from collections import Counter
 
 import grpc
-from grpc_reflection.v1alpha import reflection_pb2
 
 from service.generated.digits.v1 import digits_pb2 as pb
 from service.generated.digits.v1 import digits_pb2_grpc as pb_grpc
+from service.generated.grpc.reflection.v1 import reflection_pb2
 from tests.support.messages import ONE
 from tests.support.mnist import mnist_test_images
 from tests.support.server import RunningServer

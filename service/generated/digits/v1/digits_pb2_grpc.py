@@ -6,7 +6,7 @@ import warnings
 
 from service.generated.digits.v1 import digits_pb2 as digits_dot_v1_dot_digits__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
