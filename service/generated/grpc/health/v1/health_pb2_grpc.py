@@ -27,10 +27,7 @@ if _version_not_supported:
 
 
 class HealthStub:
-    """Health is gRPC's mechanism for checking whether a server is able to handle
-    RPCs. Its semantics are documented in
-    https://github.com/grpc/grpc/blob/master/doc/health-checking.md.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
         """Constructor.
@@ -56,57 +53,22 @@ class HealthStub:
 
 
 class HealthServicer:
-    """Health is gRPC's mechanism for checking whether a server is able to handle
-    RPCs. Its semantics are documented in
-    https://github.com/grpc/grpc/blob/master/doc/health-checking.md.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def Check(self, request, context):
-        """Check gets the health of the specified service. If the requested service
-        is unknown, the call will fail with status NOT_FOUND. If the caller does
-        not specify a service name, the server should respond with its overall
-        health status.
-
-        Clients should set a deadline when calling Check, and can declare the
-        server unhealthy if they do not receive a timely response.
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """List provides a non-atomic snapshot of the health of all the available
-        services.
-
-        The server may respond with a RESOURCE_EXHAUSTED error if too many services
-        exist.
-
-        Clients should set a deadline when calling List, and can declare the server
-        unhealthy if they do not receive a timely response.
-
-        Clients should keep in mind that the list of health services exposed by an
-        application can change over the lifetime of the process.
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Performs a watch for the serving status of the requested service.
-        The server will immediately send back a message indicating the current
-        serving status.  It will then subsequently send a new message whenever
-        the service's serving status changes.
-
-        If the requested service is unknown when the call is received, the
-        server will send a message setting the serving status to
-        SERVICE_UNKNOWN but will *not* terminate the call.  If at some
-        future point, the serving status of the service becomes known, the
-        server will send a new message with the service's serving status.
-
-        If the call terminates with status UNIMPLEMENTED, then clients
-        should assume this method is not supported and should not retry the
-        call.  If the call terminates with any other status (including OK),
-        clients should retry the call with appropriate exponential backoff.
+        """The status now, then again whenever it changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,10 +101,7 @@ def add_HealthServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Health:
-    """Health is gRPC's mechanism for checking whether a server is able to handle
-    RPCs. Its semantics are documented in
-    https://github.com/grpc/grpc/blob/master/doc/health-checking.md.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     @staticmethod
     def Check(request,

@@ -46,8 +46,7 @@ class ServerReflectionServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ServerReflectionInfo(self, request_iterator, context):
-        """The reflection service is structured as a bidirectional stream, ensuring
-        all related requests go to a single server.
+        """Each request gets one response, in order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
