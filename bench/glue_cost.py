@@ -19,11 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python bench/glue_cost.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from bench.h2load_client import build_payload  # noqa: E402
-from service.server.core import InferenceCore  # noqa: E402
-from service.server.core_types import CoreSettings  # noqa: E402
-from service.server.grpc_api.kserve_v2 import KServeV2  # noqa: E402
-from service.server.repository import ModelRepository  # noqa: E402
+from bench.h2load_client import build_payload
+from service.server.core import InferenceCore
+from service.server.core_types import CoreSettings
+from service.server.grpc_api.kserve_v2 import KServeV2
+from service.server.repository import ModelRepository
 
 TURN = 32          # requests per loop turn, as at 1 × 32
 TURNS = 300        # per repetition

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.shared.mnist_files import load_test_images
 from service.contract import FEATURES, NUM_CLASSES, PROBABILITIES
 from service.loadtest.payload import KSERVE_ACTIVATION_OUTPUTS, KSERVE_OUTPUTS, build_requests, synthetic_images
 from service.loadtest.tally import clock
+from service.shared.mnist_files import load_test_images
 
 H2LOAD = "h2load"
 GRPC_PATHS = {"kserve_v2": "/inference.GRPCInferenceService/ModelInfer",
@@ -186,7 +186,8 @@ def _errors(summary: dict[str, int]) -> dict[str, int]:
     return errors
 
 
-def run_h2load(target: str, payload: "Payload | RestPayload", body: Path, connections: int, streams: int, duration_s: float,
+def run_h2load(target: str, payload: Payload | RestPayload, body: Path, connections: int, streams: int,
+               duration_s: float,
                log_file: Path | None = None, on_window: WindowObserver | None = None) -> dict:
     """One h2load run to completion, as a dict shaped like `service.loadtest.runner.run_load`'s.
 

@@ -1,4 +1,5 @@
-"""The benchmark's REST cases under h2load: the body and headers it sends, and the one real HTTP request that vouches for them.
+"""The benchmark's REST cases under h2load: the body and headers it sends, and the one real HTTP
+request that vouches for them.
 
 h2load (`--h1`) sends one fixed body with fixed headers; `build_rest_payload` makes them those of
 the Python load tester's first REST request (`service.loadtest.rest_payload`), so both clients
@@ -18,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.h2load_client import compare_probabilities
-from service.shared.mnist_files import load_test_images
 from service.contract import FEATURES, NUM_CLASSES, PROBABILITIES
 from service.loadtest.config import REST_API
 from service.loadtest.payload import batch_pixels, synthetic_images
 from service.loadtest.rest_payload import INFERENCE_HEADER, binary_reply_problem, rest_payload
+from service.shared.mnist_files import load_test_images
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.triton_peer import process_tree_cpu_seconds  # noqa: E402
-from service.contract import DEFAULT_MODEL_NAME, FEATURES, INPUT_NAME  # noqa: E402
+from bench.triton_peer import process_tree_cpu_seconds
+from service.contract import DEFAULT_MODEL_NAME, FEATURES, INPUT_NAME
 
 SERVING = re.compile(r"serving grpc=\S+ http=(\S+)")
 READY = re.compile(r"UVICORN READY (\S+)")
@@ -143,7 +143,8 @@ def start(command: list[str], pattern: re.Pattern) -> tuple[subprocess.Popen, st
 def run(url: str, pid: int, body: Path, header_length: int, seconds: float) -> tuple[float, float, float]:
     """(req/s, server CPU µs per request, h2load's CPU as % of the machine) of one h2load run; CPU
     read around the whole run, warm-up included, so both candidates pay the same overstatement."""
-    command = ["h2load", "--h1", "-c", "32", "-m", "1", "-t", "1", "--warm-up-time=1s", "-D", f"{round(seconds * 1000)}ms",
+    command = ["h2load", "--h1", "-c", "32", "-m", "1", "-t", "1", "--warm-up-time=1s",
+               "-D", f"{round(seconds * 1000)}ms",
                "-d", str(body), "-H", f"Inference-Header-Content-Length: {header_length}",
                "-H", "Content-Type: application/octet-stream", url + PATH]
     cpu_before, client_before = process_tree_cpu_seconds(pid), _children_cpu_seconds()

@@ -23,11 +23,11 @@ from bench.cases import FLOOR, H2LOAD, PYTHON, Case
 from bench.peers import CPUS, REPO, Peer, Server, floor_worker_counts, requests_by_code, rss_mb
 from bench.report import print_run
 from bench.triton_peer import process_tree_cpu_seconds
-from service.shared.mnist_files import load_test_images
 from service.contract import DEFAULT_MODEL_NAME
 from service.loadtest.config import LoadConfig
 from service.loadtest.runner import run_load
 from service.loadtest.tally import clock  # the clock run_load's windows are in
+from service.shared.mnist_files import load_test_images
 
 if TYPE_CHECKING:
     import numpy as np

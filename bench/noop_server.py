@@ -158,7 +158,8 @@ class NoopServicer:
         counts = {name: str(self.total(i)) for i, name in enumerate(COUNTERS)}
         return digits_pb2.ModelInfo(
             name=MODEL_NAME, version=MODEL_VERSION, available_versions=[MODEL_VERSION],
-            layer_sizes=[PIXELS, HIDDEN_UNITS, HIDDEN_UNITS, NUM_CLASSES], input_name=INPUT_NAME, output_names=list(OUTPUT_WIDTHS),
+            layer_sizes=[PIXELS, HIDDEN_UNITS, HIDDEN_UNITS, NUM_CLASSES], input_name=INPUT_NAME,
+            output_names=list(OUTPUT_WIDTHS),
             metadata={"noop": "true", **{f"requests.{name}": value for name, value in counts.items()},
                       **{f"worker.{i}.requests": str(n) for i, n in enumerate(self.per_worker())}})
 

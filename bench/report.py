@@ -59,7 +59,8 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 def print_run(round_name: str, case: Case, peer: str, run: dict) -> None:
     split = run.get("floor_worker_split")
     shares = "  split " + "/".join(f"{100 * n / max(1, sum(split)):.0f}" for n in split) if split else ""
-    print(f"  round {round_name} {case.label:32} {peer:8} {run['rps']:>9,.0f} req/s {run['images_per_s']:>10,.0f} img/s "
+    print(f"  round {round_name} {case.label:32} {peer:8} {run['rps']:>9,.0f} req/s "
+          f"{run['images_per_s']:>10,.0f} img/s "
           f"p50 {_num(run['latency_ms']['p50'], 3)} ms  server {_num(run['server_cpu_us_per_request'])} µs/req  "
           f"client {_num(run['client_cpu_pct'])} %  [{run['client_label']}]" + shares
           + (f"  errors {run['errors']}" if run["errors"] else ""), flush=True)
@@ -273,7 +274,8 @@ def versions() -> dict:
     import numpy
     import onnxruntime
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
     # The figures belong to the code on disk: say so when it is not exactly the commit.
     changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
                              text=True).stdout.strip()

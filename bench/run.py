@@ -43,21 +43,40 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python bench/run.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from bench import h2load_client as h2load  # noqa: E402
-from bench.cases import CASES, FLOOR, H2LOAD, PYTHON, SERVICE, TRITON  # noqa: E402
-from bench.measure import (h2load_totals, memory_run, prepare_h2load, run_rounds, time_onnxruntime,  # noqa: E402
-                           uses_h2load)
-from bench.peers import (CPUS, Peer, find_model, requests_counted, start_floor, start_service,  # noqa: E402
-                         start_triton, triton_version)
-from bench.report import (BARS, check_bar, h2load_check_summary, memory_bars, print_bars, print_cases,  # noqa: E402
-                          print_h2load_checks, print_memory, print_protocol, print_request_accounting, summarise,
-                          versions)
-from bench.triton_peer import TritonPeer  # noqa: E402
+from bench import h2load_client as h2load
+from bench.cases import CASES, FLOOR, H2LOAD, PYTHON, SERVICE, TRITON
+from bench.measure import h2load_totals, memory_run, prepare_h2load, run_rounds, time_onnxruntime, uses_h2load
+from bench.peers import (
+    CPUS,
+    Peer,
+    find_model,
+    requests_counted,
+    start_floor,
+    start_service,
+    start_triton,
+    triton_version,
+)
+from bench.report import (
+    BARS,
+    check_bar,
+    h2load_check_summary,
+    memory_bars,
+    print_bars,
+    print_cases,
+    print_h2load_checks,
+    print_memory,
+    print_protocol,
+    print_request_accounting,
+    summarise,
+    versions,
+)
+from bench.triton_peer import TritonPeer
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 0.5 s + 2 s, 1 round, 20,000-request memory run")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 0.5 s + 2 s, 1 round, 20,000-request memory run")
     parser.add_argument("--triton", action="store_true",
                         help="add a tritonserver peer (bench/triton_peer.py; installs nvidia-pytriton into a cached "
                              "venv on first use, see $DIGIT_SERVING_TRITON_VENV)")

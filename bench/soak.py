@@ -38,10 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python bench/soak.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from bench.peers import Server, requests_counted, start_service  # noqa: E402
-from service.cpus import usable_cpus  # noqa: E402
-from service.loadtest.config import APIS, LoadConfig  # noqa: E402
-from service.loadtest.runner import run_load  # noqa: E402
+from bench.peers import Server, requests_counted, start_service
+from service.cpus import usable_cpus
+from service.loadtest.config import APIS, LoadConfig
+from service.loadtest.runner import run_load
 
 MB = 1024 * 1024
 SETTLE_TIMEOUT_S = 3.0  # how long to wait for a window's closed connections to leave the server
@@ -356,7 +356,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--serve-arg", action="append", default=[], help="extra `digits serve` argument (repeatable)")
     parser.add_argument("--model-repository", type=Path, default=REPO / "models")
     parser.add_argument("--target", default=None, help="attach: HOST:PORT of a running loopback server")
-    parser.add_argument("--server-pid", type=int, default=None, help="attach: the pid of its supervisor (or only process)")
+    parser.add_argument("--server-pid", type=int, default=None,
+                        help="attach: the pid of its supervisor (or only process)")
     parser.add_argument("--api", choices=APIS, default="kserve_v2")
     parser.add_argument("--stream", action="store_true", help="digits_v1 ClassifyStream")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (closed loop)")
@@ -401,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             write_json(args.json, {"command": command, "windows": windows, "partial": True})
 
-    emit: Callable[[str], None] = lambda line: print(line, flush=True)  # noqa: E731
+    def emit(line: str) -> None:
+        print(line, flush=True)
+
     if args.target is None:
         report = soak_started_server(load, plan, tolerance, args.workers, args.model_repository,
                                      tuple(args.serve_arg), emit, save)

@@ -11,10 +11,10 @@ import argparse
 import sys
 from typing import NoReturn
 
-from model_export import cli as model_commands      # train, export, evaluate
+from model_export import cli as model_commands  # train, export, evaluate
 from service.client import cli as classify_command  # classify
 from service.loadtest import cli as loadtest_command  # loadtest
-from service.server import cli as serve_command      # serve
+from service.server import cli as serve_command  # serve
 from service.version import package_version
 
 COMMAND_MODULES = (model_commands, serve_command, classify_command, loadtest_command)

@@ -27,9 +27,9 @@ def _load_peer_settings() -> dict:
 
 _PEER = _load_peer_settings()
 
-import numpy as np  # noqa: E402  (needs the sys.path set up above)
-import onnxruntime as ort  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
@@ -57,7 +57,7 @@ class TritonPythonModel:
             union = [name for name in self.output_names if any(name in w for w in wanted)]
             batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
             results = dict(zip(union, self.session.run(union, {self.input_name: batch}), strict=True))
-        except Exception as error:  # one bad request must not take the instance down
+        except Exception as error:  # noqa: BLE001 - one bad request must not take the instance down
             failure = pb_utils.TritonError(f"mnist_mlp: {error}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=failure) for _ in requests]
 

@@ -26,9 +26,9 @@ import numpy as np
 
 from service.client import security
 from service.client.digit_client import DigitClient, Prediction
+from service.contract import DEFAULT_TARGET
 from service.shared.mnist_files import MNIST_DIR_ENV, default_mnist_dir, load_test_set
 from service.shared.preprocess import PreprocessError, load_grayscale, preprocess
-from service.contract import DEFAULT_TARGET
 
 EXIT_RPC_ERROR = 1
 EXIT_BAD_INPUT = 2

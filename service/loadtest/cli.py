@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 from service.client import security as client_security
-from service.shared.mnist_files import MNIST_DIR_ENV, TEST_IMAGES_FILE, default_mnist_dir
 from service.contract import DEFAULT_MODEL_NAME, DEFAULT_TARGET
 from service.cpus import usable_cpus
 from service.loadtest.config import APIS, DEFAULT_REST_TARGET, DTYPES, MODES, REST_API, LoadConfig
 from service.loadtest.plot import plot_latency_vs_load
 from service.loadtest.report import describe, document, table, write_json
 from service.loadtest.runner import LoadInterrupted, LoadTestError, TargetUnusable, run_load, sweep
+from service.shared.mnist_files import MNIST_DIR_ENV, TEST_IMAGES_FILE, default_mnist_dir
 
 PROG = "digits loadtest"
 TARGET_ENV, HTTP_TARGET_ENV = "DIGITS_TARGET", "DIGITS_HTTP_TARGET"
@@ -73,11 +73,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="open loop: requests per second (all processes)")
     parser.add_argument("--rates", type=_rates, default=None,
                         help="open-loop sweep, e.g. 500,1000,2000: one run per rate (implies --mode open)")
-    parser.add_argument("--processes", type=int, default=min(2, usable_cpus()), help="client processes (default %(default)s)")
+    parser.add_argument("--processes", type=int, default=min(2, usable_cpus()),
+                        help="client processes (default %(default)s)")
     parser.add_argument("--channels", type=int, default=1,
                         help="gRPC connections per client process (REST: always one connection a request in flight)")
     parser.add_argument("--lb-policy", choices=("pick_first", "round_robin"), default="pick_first",
-                        help="gRPC load balancing; round_robin with a dns:/// target reaches every pod of a headless Service")
+                        help="gRPC load balancing; round_robin with a dns:/// target reaches every pod of a "
+                             "headless Service")
     parser.add_argument("--batch-size", type=int, default=1, help="images per request")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="pixel encoding on the wire")
     parser.add_argument("--activations", action="store_true", help="also request hidden activations and logits")
@@ -92,7 +94,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     add_data_dir_option(parser, f"folder with {TEST_IMAGES_FILE} (env {MNIST_DIR_ENV}; random pixels if absent; "
                                 "default: %(default)s)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
-    parser.add_argument("--plot", type=Path, default=None, help="write latency percentiles vs offered load as a PNG (meant for --rates)")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="write latency percentiles vs offered load as a PNG (meant for --rates)")
     client_security.add_options(parser)
     parser.set_defaults(handler=run_command)
 
@@ -119,7 +122,8 @@ def config_from_args(args: argparse.Namespace,
     return LoadConfig(
         target=target, api=args.api, stream=args.stream, binary_tensors=args.binary_tensors,
         mode="open" if args.rates else args.mode, concurrency=args.concurrency,
-        rate=args.rates[0] if args.rates else args.rate, processes=args.processes, channels=args.channels, lb_policy=args.lb_policy,
+        rate=args.rates[0] if args.rates else args.rate, processes=args.processes, channels=args.channels,
+        lb_policy=args.lb_policy,
         batch_size=args.batch_size, dtype=args.dtype, activations=args.activations,
         warmup_s=args.warmup, duration_s=args.duration, timeout_s=args.timeout,
         max_inflight=args.max_inflight, max_requests=args.max_requests,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from service.shared.mnist_files import default_mnist_dir
 from service.client.security import ClientSecurity
 from service.contract import DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_MODEL_NAME, DEFAULT_TARGET
 from service.cpus import usable_cpus
 from service.loadtest.http import parse_target
+from service.shared.mnist_files import default_mnist_dir
 
 REST_API = "kserve_v2_rest"
 APIS = ("kserve_v2", "digits_v1", REST_API)

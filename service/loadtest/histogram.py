@@ -47,7 +47,7 @@ class LatencyHistogram:
         self.sum_s += float(samples.sum())
         self.max_s = max(self.max_s, float(samples.max()))
 
-    def merge(self, other: "LatencyHistogram") -> None:
+    def merge(self, other: LatencyHistogram) -> None:
         self.flush()
         other.flush()
         self.counts += other.counts
@@ -78,7 +78,7 @@ class LatencyHistogram:
                 "sum_s": self.sum_s, "max_s": self.max_s}
 
     @classmethod
-    def from_state(cls, state: dict) -> "LatencyHistogram":
+    def from_state(cls, state: dict) -> LatencyHistogram:
         histogram = cls()
         histogram.counts[state["index"]] = state["counts"]
         histogram.total = int(state["total"])

@@ -137,7 +137,7 @@ class _ResponseReader(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio passes a BaseTransport; a stream connection's is a Transport
 
     def data_received(self, data: bytes) -> None:
         if self._waiter is None:  # nothing asked: a server may not speak first
@@ -170,7 +170,7 @@ class _ResponseReader(asyncio.Protocol):
         self._waiter = waiter
         self._state, self._status, self._headers = _HEAD, 0, {}
         self._body.clear()
-        self.transport.write(request)  # type: ignore[union-attr]
+        self.transport.write(request)  # type: ignore[union-attr]  # connected before any request is sent
 
     def waiting_on(self, waiter: asyncio.Future) -> bool:
         return self._waiter is waiter
@@ -335,12 +335,12 @@ class HttpConnection:
         if self._reader is None or self._reader.closed:
             try:
                 await asyncio.wait_for(self.connect(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise RequestTimeout(f"not connected within {timeout:g} s") from None
         waiter = loop.create_future()
         timer = loop.call_at(deadline, self._expire, waiter, timeout)
         try:
-            self._reader.send(request, waiter)  # type: ignore[union-attr]
+            self._reader.send(request, waiter)  # type: ignore[union-attr]  # opened above, or this raised
             return await waiter
         finally:
             timer.cancel()

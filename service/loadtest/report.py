@@ -58,7 +58,8 @@ def table(runs: list[dict]) -> str:
         lines.append(" ".join(cell.rjust(width) for cell, (_, width) in zip(cells, _COLUMNS)))
         if run.get("send_lag_ms"):
             lag = run["send_lag_ms"]
-            lines.append(f"    client send lag behind schedule: p50 {_fmt(lag['p50'], 3)} ms, p99 {_fmt(lag['p99'], 3)} ms, "
+            lines.append(f"    client send lag behind schedule: p50 {_fmt(lag['p50'], 3)} ms, "
+                         f"p99 {_fmt(lag['p99'], 3)} ms, "
                          f"max {_fmt(lag['max'], 3)} ms (included in latency)")
         if run["errors"]:
             lines.append("    errors: " + ", ".join(f"{code} {count:,}" for code, count in run["errors"].items()))

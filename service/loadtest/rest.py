@@ -54,7 +54,7 @@ class RestClient:
         async def open_one(connection: HttpConnection) -> None:
             try:
                 await asyncio.wait_for(connection.connect(), timeout_s)
-            except (HttpClientError, asyncio.TimeoutError):
+            except (TimeoutError, HttpClientError):
                 connection.close()
 
         await asyncio.gather(*(open_one(connection) for connection in connections))

@@ -61,7 +61,8 @@ def rest_payload(pixels: bytes, batch_size: int, dtype: str, activations: bool, 
                  request_id: str = "") -> RestPayload:
     """The infer request for one batch (`pixels` as `payload.batch_pixels` packs it)."""
     outputs = KSERVE_OUTPUTS + (KSERVE_ACTIVATION_OUTPUTS if activations else ())
-    tensor: dict = {"name": INPUT_NAME, "shape": [batch_size, FEATURES], "datatype": "UINT8" if dtype == "uint8" else "FP32"}
+    tensor: dict = {"name": INPUT_NAME, "shape": [batch_size, FEATURES],
+                    "datatype": "UINT8" if dtype == "uint8" else "FP32"}
     if binary:
         tensor["parameters"] = {"binary_data_size": len(pixels)}
         requested = [{"name": name, "parameters": {"binary_data": True}} for name in outputs]

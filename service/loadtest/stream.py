@@ -145,7 +145,7 @@ class StreamSession:
                 if entry is None:  # answered after we gave up on it
                     continue
                 self._complete(entry, answer)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - the stream's reader must report any end, cancellation included
             code = error_code(exc)
         finally:
             if self._call is call:

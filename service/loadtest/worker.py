@@ -24,14 +24,13 @@ import gc
 import sys
 import threading
 import traceback
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import grpc
 
-from service.shared.mnist_files import load_test_images
 from service.client.security import grpc_credentials
 from service.contract import FEATURES
 from service.generated.digits.v1 import digits_pb2_grpc
@@ -43,6 +42,7 @@ from service.loadtest.rest import RestClient
 from service.loadtest.rest_payload import build_rest_payloads
 from service.loadtest.stream import StreamSession, stream_opener
 from service.loadtest.tally import Tally, clock
+from service.shared.mnist_files import load_test_images
 
 INFLIGHT_LIMIT = "CLIENT_INFLIGHT_LIMIT"
 PROBE_TIMEOUT_S = 5.0  # at most this long for the probe call (less with a shorter --timeout)

@@ -16,8 +16,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
-from service.contract import (DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT,
-                              DEFAULT_MODEL_NAME)
+from service.contract import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HOST,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_MODEL_NAME,
+)
 from service.cpus import usable_cpus
 from service.server.repository import DEFAULT_ROOT, default_root
 

@@ -6,8 +6,8 @@ on the repository watcher's thread: it loads a new version there and hands it ov
 swaps it in at its next `compute_due`.
 
 Every API (digits.v1 and V2, over gRPC and REST) is a thin adapter over this class, so they behave
-identically by construction. It knows nothing of protobuf, gRPC or HTTP: requests and results are the plain dataclasses of
-`core_types`, and failures are the exceptions of `errors`.
+identically by construction. It knows nothing of protobuf, gRPC or HTTP: requests and results are
+the plain dataclasses of `core_types`, and failures are the exceptions of `errors`.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ class ModelLoadError(RuntimeError):
 
 def _ordered_outputs(names: list[str]) -> tuple[str, ...]:
     """probabilities, logits, then hidden activations in layer order: the order clients expect."""
-    hidden = sorted((n for n in names if ACTIVATION_PATTERN.match(n)), key=lambda n: int(ACTIVATION_PATTERN.match(n).group(1)))
+    hidden = sorted((n for n in names if ACTIVATION_PATTERN.match(n)),
+                    key=lambda n: int(ACTIVATION_PATTERN.match(n).group(1)))
     rest = [n for n in (PROBABILITIES, LOGITS) if n in names]
     return tuple(rest + hidden)
 

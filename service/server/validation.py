@@ -1,9 +1,10 @@
 """Turns the pixels of a request into a validated [N, 784] array, or says exactly what is wrong.
 
 Shared by every API so they accept and reject the same things: packed bytes, typed values and
-declared tensor shapes are all checked here, and adapters only pick the fields to hand over. Decoding is one np.frombuffer (a
-view on the protobuf's bytes, no copy); the float check is two reductions, so valid input costs
-almost nothing and the slower search for the first offending value runs only on failure.
+declared tensor shapes are all checked here, and adapters only pick the fields to hand over.
+Decoding is one np.frombuffer (a view on the protobuf's bytes, no copy); the float check is two
+reductions, so valid input costs almost nothing and the slower search for the first offending
+value runs only on failure.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def pixels_from_values(values: np.ndarray, what: str) -> np.ndarray:
     if values.size == 0:
         raise InvalidInput(f"{what} is empty: expected N × {FEATURES} values")
     if values.size % FEATURES:
-        raise InvalidInput(f"{what} has {values.size} values, which is not a multiple of {FEATURES} ({IMAGE_SIDE} × {IMAGE_SIDE} an image)")
+        raise InvalidInput(f"{what} has {values.size} values, which is not a multiple of {FEATURES} "
+                           f"({IMAGE_SIDE} × {IMAGE_SIDE} an image)")
     pixels = values.reshape(-1, FEATURES)
     if pixels.dtype.kind == "f":
         check_unit_range(pixels, what)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 

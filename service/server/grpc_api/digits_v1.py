@@ -35,7 +35,8 @@ def decode_pixels(request: pb.ClassifyRequest) -> np.ndarray:
     if request.pixel_format not in FORMATS:
         given = request.pixel_format
         name = pb.PixelFormat.Name(given) if given in pb.PixelFormat.values() else str(given)
-        raise InvalidInput(f"pixel_format must be PIXEL_FORMAT_UINT8 or PIXEL_FORMAT_FLOAT32 when pixels are set, got {name}")
+        raise InvalidInput("pixel_format must be PIXEL_FORMAT_UINT8 or PIXEL_FORMAT_FLOAT32 when pixels are set, "
+                           f"got {name}")
     return pixels_from_bytes(request.pixels, FORMATS[request.pixel_format], "pixels")
 
 

@@ -9,7 +9,6 @@ probe of any of them flips together. The messages are our own generated code
 from __future__ import annotations
 
 from service.generated.grpc.health.v1 import health_pb2 as pb
-
 from service.server.errors import ModelNotFound
 from service.server.grpc_api.methods import Kind, Method
 from service.server.grpc_api.status import parse

@@ -22,8 +22,8 @@ from service.server.errors import InvalidInput
 from service.server.grpc_api.methods import Kind, Method, method_path
 from service.server.grpc_api.status import parse
 from service.server.v2 import protocol
-from service.server.v2.protocol import WHAT
 from service.server.v2.model_config import model_config
+from service.server.v2.protocol import WHAT
 from service.server.v2.repository_index import refuse_control, repository_index
 from service.server.v2.statistics import model_statistics
 from service.server.validation import pixels_from_bytes, pixels_from_typed

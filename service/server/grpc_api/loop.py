@@ -24,13 +24,19 @@ import grpc
 
 from service.server import metrics
 from service.server.errors import InferenceError, InvalidInput, Overloaded
-from service.server.security import REFUSAL
 from service.server.grpc_api.health import Health
-from service.server.policy import SHUTTING_DOWN, Inference, RequestPolicy
 from service.server.grpc_api.methods import Kind, Method
 from service.server.grpc_api.status import status_of
-from service.server.grpc_api.transport import (Call, CallArrived, CallFinished, CoreServer, MessageReceived,
-                                                SendWindowOpen)
+from service.server.grpc_api.transport import (
+    Call,
+    CallArrived,
+    CallFinished,
+    CoreServer,
+    MessageReceived,
+    SendWindowOpen,
+)
+from service.server.policy import SHUTTING_DOWN, Inference, RequestPolicy
+from service.server.security import REFUSAL
 
 if TYPE_CHECKING:
     from service.server.core import InferenceCore

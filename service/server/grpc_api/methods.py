@@ -14,7 +14,6 @@ from enum import Enum
 
 from service.server.core_types import Pending
 
-
 Answer = bytes | Pending
 Handler = Callable[[bytes, "float | None"], Answer]  # (request bytes, deadline) -> answer; raises InferenceError
 

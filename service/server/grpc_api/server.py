@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from service.server.config import ServeConfig
 from service.server.grpc_api import auth
-from service.server.grpc_api.digits_v1 import DigitsV1
 from service.server.grpc_api.digits_v1 import SERVICE as DIGITS_SERVICE
+from service.server.grpc_api.digits_v1 import DigitsV1
 from service.server.grpc_api.health import SERVICE as HEALTH_SERVICE
 from service.server.grpc_api.health import Health
 from service.server.grpc_api.kserve_v2 import SERVICE as KSERVE_SERVICE

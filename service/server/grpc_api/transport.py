@@ -30,7 +30,8 @@ Model (one thread owns everything; nothing here is thread-safe):
   of the call completed.
 
 grpcio internals used (check_grpcio() verifies them): ``cygrpc.Server(options, xds)``,
-``.register_completion_queue/.add_http2_port/.start/.request_call``; ``cygrpc.CompletionQueue().poll(deadline)`` whose argument is an ABSOLUTE
+``.register_completion_queue/.add_http2_port/.start/.request_call``;
+``cygrpc.CompletionQueue().poll(deadline)`` whose argument is an ABSOLUTE
 ``time.time()`` float (0 = non-blocking, None = forever; it wakes every 200 ms to run Python
 signal handlers); the event attributes ``completion_type, tag, success, call, call_details
 (.method, .deadline on the time.time() clock; the core keeps it on the monotonic clock and the
@@ -54,7 +55,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Callable, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
 
 import grpc
 from grpc._cython import cygrpc
@@ -69,7 +70,7 @@ _FAR_FUTURE = 1e15  # the core's "no deadline" comes back as ~9e18 s
 # a client that does not read its replies (flow-control window 0) must not grow our memory.
 SEND_WINDOW = 8
 
-ChannelOption = Tuple[str, Union[int, str, bytes]]
+ChannelOption = tuple[str, int | str | bytes]
 
 
 class UnsupportedGrpcio(RuntimeError):
@@ -120,7 +121,7 @@ class MessageReceived:
     the message (too large, undecodable) and answered the client itself (a CallFinished follows)."""
     __slots__ = ("call", "data", "ok")
 
-    def __init__(self, call: Call, data: Optional[bytes], ok: bool) -> None:
+    def __init__(self, call: Call, data: bytes | None, ok: bool) -> None:
         self.call, self.data, self.ok = call, data, ok
 
 
@@ -141,7 +142,7 @@ class CallFinished:
         self.call, self.cancelled = call, cancelled
 
 
-Event = Union[CallArrived, MessageReceived, CallFinished, SendWindowOpen]
+Event = CallArrived | MessageReceived | CallFinished | SendWindowOpen
 
 
 class Call:
@@ -155,7 +156,7 @@ class Call:
         self.method: str = details.method.decode("latin-1")
         self.metadata: tuple = event.invocation_metadata   # ((key, value), ...)
         wall = details.deadline                            # time.time() clock
-        self.deadline: Optional[float] = (None if wall > _FAR_FUTURE
+        self.deadline: float | None = (None if wall > _FAR_FUTURE
                                           else time.monotonic() + (wall - time.time()))
         self.cancelled = False
         self.user_data: object = None                      # free slot for the application
@@ -167,7 +168,7 @@ class Call:
         self._status_queued = False
         self._sending = False
         self._queue: deque = deque()
-        self._final: Optional[Tuple[int, bytes]] = None
+        self._final: tuple[int, bytes] | None = None
         self._visible = visible
         self._read_started = False
 
@@ -313,7 +314,7 @@ class CoreServer:
         self.active_calls = 0        # live calls handed to the application
         self.draining = False
 
-    def add_port(self, address: str, credentials: Optional[grpc.ServerCredentials] = None) -> int:
+    def add_port(self, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
         """Binds ``address``; TLS/mTLS via the public grpc.ssl_server_credentials(...)."""
         core_creds = None
         if credentials is not None:
@@ -330,7 +331,7 @@ class CoreServer:
         for _ in range(self._backlog):
             self._request()
 
-    def poll(self, timeout: Optional[float]) -> list:
+    def poll(self, timeout: float | None) -> list:
         """Waits up to ``timeout`` s (None = forever) for one completion, then returns it and
         every completion already queued, translated into events."""
         cq = self._cq

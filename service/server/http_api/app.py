@@ -171,7 +171,7 @@ class HttpApp:
             if method != allowed:
                 raise MethodNotAllowed(allowed)
             exchange.respond(answer())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a precise status
             exchange.respond(failure_response(exc)[1])
 
     def _observed(self, name: str, request: HttpRequest, exchange: Exchange, allowed: bytes,

@@ -25,7 +25,6 @@ import orjson
 
 from service.server.errors import bounded
 
-
 MAX_HEADER_BYTES = 64 * 1024     # request line and headers of one request
 MAX_HEADERS = 100
 PIPELINE_DEPTH = 64              # requests of one connection answered concurrently; more wait to be read
@@ -152,11 +151,11 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Past --max-connections the connection is answered 503 and closed at once, before any
         of its bytes are read: descriptors stay bounded however many clients connect."""
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport  # type: ignore[assignment]  # asyncio passes a BaseTransport; a stream server's is a Transport
         settings = self._settings
         if len(settings.connections) >= settings.max_connections:
             self._closing = True
-            transport.write(settings.too_many)  # type: ignore[attr-defined]
+            transport.write(settings.too_many)  # type: ignore[attr-defined]  # a stream server's transport writes
             transport.close()
             return
         settings.connections.add(self)

@@ -14,21 +14,20 @@ request sets `parameters.binary_data_output: true`) comes back the same way.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
 from service.server.core_types import InferenceRequest, InferenceResult, Pending
-from service.server.errors import InferenceError, InvalidInput
+from service.server.errors import InferenceError, InvalidInput, NotReady
 from service.server.http_api.connection import Response, json_response
-from service.server.errors import NotReady
 from service.server.v2 import protocol
-from service.server.v2.protocol import WHAT
 from service.server.v2.model_config import model_config
+from service.server.v2.protocol import WHAT
 from service.server.v2.repository_index import refuse_control, repository_index
 from service.server.v2.statistics import model_statistics
 from service.server.validation import pixels_from_bytes, pixels_from_values

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.shared.mnist_files import load_test_set
-from service.shared.preprocess import PreprocessError, preprocess_float32
 from service.contract import IMAGE_SIDE
 from service.server.core_types import ModelDescription
 from service.server.errors import InvalidInput, ModelNotFound
 from service.server.http_api.connection import Response, json_response
 from service.server.http_api.weights import FirstLayers
+from service.shared.mnist_files import load_test_set
+from service.shared.preprocess import PreprocessError, preprocess_float32
 
 API = "digits_rest"
 PREPROCESS, WEIGHTS, SAMPLES = "/v1/preprocess", "/v1/weights", "/v1/samples/random"

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from service.contract import FEATURES, INPUT_NAME
-from service.server.v2.protocol import PLATFORM
 from service.server.repository import MODEL_FILENAME
+from service.server.v2.protocol import PLATFORM
 
 if TYPE_CHECKING:
     from service.server.core import InferenceCore
