@@ -30,7 +30,7 @@ from service.server.repository import DEFAULT_ROOT, default_root
 @dataclass(frozen=True)
 class ServeConfig:
     host: str = DEFAULT_HOST
-    port: int = DEFAULT_GRPC_PORT
+    grpc_port: int = DEFAULT_GRPC_PORT
     http: bool = True
     http_port: int = DEFAULT_HTTP_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
@@ -97,6 +97,7 @@ class Option:
     help: str
     range: Range | None = None
     choices: tuple[str, ...] | None = None
+    public: str | None = None    # the flag's and variable's name when it is not the field's
 
 
 NETWORK, MODEL, LIMITS, SECURITY, HTTP, METRICS, LOGGING = (
@@ -108,7 +109,7 @@ SECONDS_OR_ZERO = Range(0, GRPC_SECONDS_MAX)
 
 OPTIONS = {
     "host": Option(NETWORK, "address to listen on for gRPC, HTTP and metrics (0.0.0.0 in containers)"),
-    "port": Option(NETWORK, "gRPC port (0 picks a free one)", PORT),
+    "grpc_port": Option(NETWORK, "gRPC port (0 picks a free one)", PORT, public="port"),
     "workers": Option(NETWORK, "server processes sharing the ports (0: one per usable CPU)", Range(0, 1024)),
     "max_connection_age": Option(NETWORK, "close client connections after this many seconds so clients rebalance "
                                           "(0: never)", SECONDS_OR_ZERO),
@@ -165,8 +166,17 @@ class ConfigError(ValueError):
     """Settings that are each valid but do not go together; `digits serve` reports it in one line."""
 
 
+def public_name(field_name: str) -> str:
+    """The name users know a setting by (`grpc_port` is `--port`, DIGITS_PORT, as it always was)."""
+    return OPTIONS[field_name].public or field_name
+
+
+def flag_of(field_name: str) -> str:
+    return "--" + public_name(field_name).replace("_", "-")
+
+
 def env_name(field_name: str) -> str:
-    return "DIGITS_" + field_name.upper()
+    return "DIGITS_" + public_name(field_name).upper()
 
 
 def _parse_bool(text: str) -> bool:
@@ -206,7 +216,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | Non
     environ = os.environ if environ is None else environ
     groups = {name: parser.add_argument_group(name) for name in GROUP_ORDER}
     for f in fields(ServeConfig):
-        option, flag, kind, default = OPTIONS[f.name], "--" + f.name.replace("_", "-"), type(f.default), f.default
+        option, flag, kind, default = OPTIONS[f.name], flag_of(f.name), type(f.default), f.default
         convert = _converter(kind, option.range)
         if env_name(f.name) in environ:
             try:
@@ -217,22 +227,22 @@ def add_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | Non
         help_text = f"{option.help} [env {env_name(f.name)}{_show_default(default)}{bounds}]".replace("%", "%%")
         group = groups[option.group]
         if kind is bool:  # default given separately: BooleanOptionalAction would append its own "(default: …)"
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
             parser.set_defaults(**{f.name: default})
         else:
-            group.add_argument(flag, type=convert, default=default, choices=option.choices,
+            group.add_argument(flag, dest=f.name, type=convert, default=default, choices=option.choices,
                                metavar=METAVARS[kind] if option.choices is None else None, help=help_text)
 
 
 def from_args(args: argparse.Namespace) -> ServeConfig:
     """The settings; ConfigError when two of them clash (two services on one port)."""
     values = {f.name: getattr(args, f.name) for f in fields(ServeConfig)}
-    ports = [(name, values[name]) for name in ("port", "http_port", "metrics_port")
+    ports = [(name, values[name]) for name in ("grpc_port", "http_port", "metrics_port")
              if values[name] != 0 and (name != "http_port" or values["http"])]
     for i, (name, port) in enumerate(ports):
         for other, other_port in ports[i + 1:]:
             if port == other_port:
-                raise ConfigError(f"--{name.replace('_', '-')} and --{other.replace('_', '-')} are both {port}; "
+                raise ConfigError(f"{flag_of(name)} and {flag_of(other)} are both {port}; "
                                   "each service needs a port of its own")
     if values["workers"] <= 0:
         values["workers"] = usable_cpus()

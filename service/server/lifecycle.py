@@ -46,7 +46,7 @@ def announce(config: ServeConfig, grpc_port: int, http_port: int | None, metrics
 def check_ports_unused(config: ServeConfig) -> None:
     """Raises OSError when another process listens on a port this server is to serve: SO_REUSEPORT
     would otherwise share it silently (see ports.py)."""
-    ports.check_unused(config.host, config.port, "gRPC")
+    ports.check_unused(config.host, config.grpc_port, "gRPC")
     if config.http:
         ports.check_unused(config.host, config.http_port, "HTTP")
     ports.check_unused(config.host, config.metrics_port, "metrics")

@@ -38,11 +38,11 @@ class Supervisor:
     def run(self) -> int:
         try:
             lifecycle.check_ports_unused(self.config)  # the ports are shared only among our own workers
-            holder = ports.reserve(self.config.host, self.config.port, "gRPC")
+            holder = ports.reserve(self.config.host, self.config.grpc_port, "gRPC")
         except OSError as exc:
             log.error("cannot start: %s", exc.strerror)
             return 2
-        self.config = replace(self.config, port=holder.getsockname()[1])
+        self.config = replace(self.config, grpc_port=holder.getsockname()[1])
         http_holder = None
         try:  # bound before any worker exists, so a taken port leaves nothing behind
             if self.config.http:
@@ -68,7 +68,7 @@ class Supervisor:
         if not self._wait_ready(ready_read):
             self._stop_children(grace=5.0)
             return 2
-        lifecycle.announce(self.config, self.config.port, self.config.http_port if self.config.http else None,
+        lifecycle.announce(self.config, self.config.grpc_port, self.config.http_port if self.config.http else None,
                            httpd.server_port)
         while not self._stopping:
             httpd.handle_request()  # returns after httpd.timeout at the latest

@@ -28,7 +28,7 @@ def parse(argv, environ):
 
 def test_defaults_match_triton_ports_and_the_shipped_model():
     settings = parse([], {})
-    assert (settings.port, settings.metrics_port) == (8001, 8002)
+    assert (settings.grpc_port, settings.metrics_port) == (8001, 8002)
     assert (settings.model_repository, settings.model_name) == ("models", "mnist_mlp")
     assert settings.workers == config.usable_cpus()
 
@@ -37,8 +37,8 @@ def test_environment_sets_and_flags_override():
     environ = {"DIGITS_PORT": "9001", "DIGITS_GRACE_PERIOD": "2.5", "DIGITS_LOG_JSON": "yes",
                "DIGITS_MODEL_VERSION": "3"}
     settings = parse([], environ)
-    assert (settings.port, settings.grace_period, settings.log_json, settings.model_version) == (9001, 2.5, True, "3")
-    assert parse(["--port", "7000", "--no-log-json"], environ).port == 7000
+    assert (settings.grpc_port, settings.grace_period, settings.log_json, settings.model_version) == (9001, 2.5, True, "3")
+    assert parse(["--port", "7000", "--no-log-json"], environ).grpc_port == 7000
     assert parse(["--no-log-json"], environ).log_json is False
 
 
@@ -52,7 +52,7 @@ def test_help_lists_every_flag_with_its_environment_variable():
     text = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--help"], capture_output=True,
                           text=True, check=True).stdout
     for f in fields(config.ServeConfig):
-        assert "--" + f.name.replace("_", "-") in text
+        assert config.flag_of(f.name) in text
         assert config.env_name(f.name) in text.replace("\n", " ").replace("  ", "")
 
 
@@ -74,7 +74,7 @@ def test_every_numeric_setting_has_a_range_that_holds_its_default():
 
 @pytest.mark.parametrize("name", NUMERIC)
 def test_each_range_accepts_its_bounds_and_refuses_beyond_them(name):
-    allowed, flag = config.OPTIONS[name].range, "--" + name.replace("_", "-")
+    allowed, flag = config.OPTIONS[name].range, config.flag_of(name)
     step = 1 if isinstance(getattr(config.ServeConfig, name), int) else 0.5
     inside = [allowed.low + step if allowed.above else allowed.low, *([allowed.high] if allowed.high else [])]
     outside = [allowed.low if allowed.above else allowed.low - step, *([allowed.high + step] if allowed.high else [])]
@@ -129,7 +129,7 @@ def test_help_groups_the_flags_and_shows_defaults_without_empty_ones():
     assert [t for t in sections if t in config.GROUP_ORDER] == list(config.GROUP_ORDER)
     for f in fields(config.ServeConfig):
         option = config.OPTIONS[f.name]
-        assert "--" + f.name.replace("_", "-") in sections[option.group], f.name
+        assert config.flag_of(f.name) in sections[option.group], f.name
         if option.range is not None:
             assert f"; {option.range}]" in sections[option.group], f.name
     assert "default 8001; 0..65535]" in sections["network"] and "default on]" in sections["HTTP"]
@@ -142,7 +142,7 @@ def test_operations_doc_states_each_range_as_the_table_does():
     table = text[text.index("| group | flag | default | range |"):].split("\n\n")[0]
     rows = table.splitlines()[2:]
     for name in NUMERIC:
-        flag = "`--" + name.replace("_", "-") + "`"
+        flag = f"`{config.flag_of(name)}`"
         (row,) = [r for r in rows if flag in r]
         assert row.rstrip(" |").endswith(str(config.OPTIONS[name].range)), (name, row)
 

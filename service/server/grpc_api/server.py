@@ -53,7 +53,7 @@ def channel_options(config: ServeConfig) -> list[tuple[str, int]]:
 
 def build(config: ServeConfig, core: InferenceCore, is_serving: Callable[[], bool],
           tls: TlsMaterial | None, token: bytes | None) -> tuple[CoreServer, ServingLoop, int]:
-    """The transport bound to `config.host:config.port` (not yet started), its loop, and the port."""
+    """The transport bound to `config.host:config.grpc_port` (not yet started), its loop, and the port."""
     transport = CoreServer(channel_options(config), backlog=REQUESTED_CALLS)
     health = Health([DIGITS_SERVICE, KSERVE_SERVICE])
     reflection = Reflection([DIGITS_SERVICE, KSERVE_SERVICE, HEALTH_SERVICE])
@@ -61,5 +61,5 @@ def build(config: ServeConfig, core: InferenceCore, is_serving: Callable[[], boo
                *reflection.methods()]
     loop = ServingLoop(transport, core, methods, health, RequestPolicy(core, token, config.max_concurrent_rpcs),
                        config.max_send_message_bytes, config.grpc_read_timeout)
-    port = transport.add_port(f"{config.host}:{config.port}", auth.server_credentials(tls))
+    port = transport.add_port(f"{config.host}:{config.grpc_port}", auth.server_credentials(tls))
     return transport, loop, port
