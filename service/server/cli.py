@@ -15,10 +15,12 @@ log = logging.getLogger("service.serve")
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "serve", help="serve the model over gRPC (digits.v1 + Open Inference Protocol)",
+        "serve", help="serve the model over gRPC and REST (digits.v1 + Open Inference Protocol) and the page",
         description="Serve the model over gRPC: digits.v1.DigitClassifier, the Open Inference Protocol "
-                    "(inference.GRPCInferenceService), grpc.health.v1 and reflection; Prometheus metrics "
-                    "over HTTP. Every flag can also be set by the environment variable shown.")
+                    "(inference.GRPCInferenceService) with Triton's extensions, grpc.health.v1 and reflection; "
+                    "over HTTP: the Open Inference Protocol's REST binding (Triton's binary tensors too) and the "
+                    "drawing page at /; Prometheus metrics on their own port. Every flag can also be set by the "
+                    "environment variable shown.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     serve_config.add_arguments(parser)
     parser.set_defaults(handler=handle)
