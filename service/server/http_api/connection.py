@@ -153,11 +153,12 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Past --max-connections the connection is answered 503 and closed at once, before any
         of its bytes are read: descriptors stay bounded however many clients connect."""
-        self._transport = cast(asyncio.Transport, transport)  # a stream server's BaseTransport is a Transport
+        # a stream server's BaseTransport is a Transport
+        self._transport = transport = cast(asyncio.Transport, transport)
         settings = self._settings
         if len(settings.connections) >= settings.max_connections:
             self._closing = True
-            transport.write(settings.too_many)  # type: ignore[attr-defined]  # a stream server's transport writes
+            transport.write(settings.too_many)
             transport.close()
             return
         settings.connections.add(self)
