@@ -21,7 +21,8 @@ if str(REPO) not in sys.path:  # run as `python bench/glue_cost.py` from anywher
 
 from bench.h2load_client import build_payload
 from service.server.core import InferenceCore
-from service.server.core_types import CoreSettings
+from service.server.core_types import CoreSettings, InferenceResult
+from service.server.errors import InferenceError
 from service.server.grpc_api.kserve_v2 import KServeV2
 from service.server.repository import ModelRepository
 
@@ -39,7 +40,12 @@ def main() -> int:
     def turn() -> None:
         for _ in range(TURN):
             pending = api.model_infer(body, None)
-            core.submit(pending.request, lambda result, error, encode=pending.encode: replies.append(encode(result)))
+            encode = pending.encode
+
+            def done(result: InferenceResult | None, error: InferenceError | None, encode=encode) -> None:
+                replies.append(encode(result))
+
+            core.submit(pending.request, done)
         core.compute_due()
 
     for _ in range(200):  # warm-up

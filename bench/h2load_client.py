@@ -32,7 +32,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -169,7 +169,8 @@ def latency_ms(log_file: Path) -> dict[str, float | None]:
         if len(fields) == 3 and fields[1] == "200":
             durations.append(int(fields[2]))
     if not durations:
-        return {name: None for name, _ in PERCENTILES} | {"max": None, "mean": None}
+        nothing: dict[str, float | None] = {name: None for name in [*(name for name, _ in PERCENTILES), "max", "mean"]}
+        return nothing
     durations.sort()
     figures: dict[str, float | None] = {
         name: durations[min(len(durations) - 1, max(0, int(np.ceil(q * len(durations))) - 1))] / 1000.0
@@ -228,7 +229,13 @@ def run_h2load(target: str, payload: Payload | RestPayload, body: Path, connecti
 # the one real gRPC call that vouches for the bytes h2load sends
 
 
-def reference_probabilities(model: Path, payload: Payload) -> np.ndarray:
+class HasPixels(Protocol):
+    """Payload or h2load_rest.RestPayload: what the reference answer needs of either."""
+
+    def float_pixels(self) -> np.ndarray: ...
+
+
+def reference_probabilities(model: Path, payload: HasPixels) -> np.ndarray:
     """The model's own answer for the payload's batch, in-process, to hold a server's reply against."""
     import onnxruntime as ort
 

@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -73,8 +74,9 @@ def _uvicorn_worker(port: int) -> None:
 
     from service.server.config import ServeConfig
     from service.server.http_api.app import HttpApp
-    from service.server.http_api.connection import HttpRequest
+    from service.server.http_api.connection import Exchange, HttpRequest
     from service.server.lifecycle import build_core
+    from service.server.policy import RequestPolicy
 
     core = build_core(ServeConfig(model_repository=str(REPO / "models")))
     core.load()
@@ -89,7 +91,8 @@ def _uvicorn_worker(port: int) -> None:
             state["pending"] = True
             asyncio.get_running_loop().call_soon(compute)
 
-    application = HttpApp(core, lambda: True, None, 256, 16 << 20, wake)
+    # HttpApp takes its RequestPolicy (no token; 256 calls at once, as this bench always allowed)
+    application = HttpApp(core, lambda: True, RequestPolicy(core, None, 256), 16 << 20, wake)
 
     class FutureExchange:
         __slots__ = ("future", "on_abort")
@@ -113,7 +116,7 @@ def _uvicorn_worker(port: int) -> None:
         request = HttpRequest(scope["method"].encode(), url, dict(scope["headers"]), b"".join(chunks),
                               time.perf_counter())
         exchange = FutureExchange(asyncio.get_running_loop().create_future())
-        application(request, exchange)
+        application(request, cast(Exchange, exchange))   # duck-typed: respond and on_abort
         response = await exchange.future
         await send({"type": "http.response.start", "status": response.status,
                     "headers": [(b"content-type", response.content_type), *response.headers]})
@@ -133,6 +136,7 @@ def start(command: list[str], pattern: re.Pattern) -> tuple[subprocess.Popen, st
     # a session of its own, so that stopping it reaches every worker it forked
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
+    assert process.stdout is not None   # PIPE
     for line in process.stdout:
         if match := pattern.search(line):  # then keep reading, so a full pipe never blocks the server
             threading.Thread(target=process.stdout.read, daemon=True).start()
@@ -153,7 +157,9 @@ def run(url: str, pid: int, body: Path, header_length: int, seconds: float) -> t
     elapsed = time.monotonic() - started
     cpu = process_tree_cpu_seconds(pid) - cpu_before
     client = _children_cpu_seconds() - client_before
-    ok = int(re.search(r"status codes: (\d+) 2xx", output).group(1))
+    counted = re.search(r"status codes: (\d+) 2xx", output)
+    assert counted is not None, output
+    ok = int(counted.group(1))
     return ok / seconds, cpu / ok * 1e6, 100 * client / (elapsed * (os.cpu_count() or 1))
 
 

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from bench import h2load_client as h2load
 from bench import h2load_rest
@@ -108,7 +108,7 @@ class WindowMeter:
                 time.sleep(delay)
             clients = [process_cpu_seconds(pid) for pid in client_pids]
             self._readings.append((clock(), process_tree_cpu_seconds(self.server_pid),
-                                   None if None in clients else sum(clients)))
+                                   None if None in clients else sum(cast("list[float]", clients))))
 
     def figures(self, rps: float) -> dict:
         """Server CPU µs per request and client CPU as % of the machine's cores, over the window.
@@ -172,6 +172,7 @@ def prepare_h2load(cases: list[Case], model: Path, directory: Path) -> dict[str,
     """Payload, body file and expected answer of every case h2load drives (the same bytes for every peer)."""
     inputs = {}
     for case in cases:
+        payload: h2load.Payload | h2load_rest.RestPayload
         if case.rest:
             payload = h2load_rest.build_rest_payload(case.batch_size, case.dtype, case.activations, case.binary,
                                                      DEFAULT_MODEL_NAME, REPO / "data" / "mnist")
@@ -198,11 +199,11 @@ def measure_h2load(case: Case, peer: Peer, args: argparse.Namespace, given: H2lo
     if case.rest:
         connections, streams = case.concurrency, 1
         target = peer.http_url.removeprefix("http://")
-        problems = h2load_rest.probe(peer.http_url, given.payload, expected)
+        problems = h2load_rest.probe(peer.http_url, cast(h2load_rest.RestPayload, given.payload), expected)
     else:
         connections, streams = h2load.connection_shape(case.concurrency, args.h2load_connections)
         target = peer.target
-        problems = h2load.probe(peer.target, given.payload, expected)
+        problems = h2load.probe(peer.target, cast(h2load.Payload, given.payload), expected)
     warm = ([h2load.run_h2load(target, given.payload, given.body, connections, streams, args.warmup)]
             if args.warmup > 0 else [])
     meter = WindowMeter(peer.pid)
@@ -329,9 +330,10 @@ def memory_run(service: Server, args: argparse.Namespace) -> dict:
     after = {pid: rss_mb(pid) for pid in pids}
     workers = []
     for pid in pids:
-        if after[pid] is not None:  # the sampler runs once a second: the last reading may be the highest
-            peak[pid] = max(peak[pid] or 0.0, after[pid])
-        growth = (after[pid] / before[pid] - 1.0) if before[pid] and after[pid] else None
+        first, last = before[pid], after[pid]
+        if last is not None:  # the sampler runs once a second: the last reading may be the highest
+            peak[pid] = max(peak[pid] or 0.0, last)
+        growth = (last / first - 1.0) if first and last else None
         workers.append({"pid": pid, "rss_before_mb": before[pid], "rss_after_mb": after[pid],
                         "rss_peak_mb": peak[pid], "growth": growth})
     return {"requests": result["requests"], "ok": result["ok"], "errors": result["errors"],

@@ -130,14 +130,14 @@ class NoopServicer:
         reply = self._cache.get(("digits", batch, activations), lambda: digits_reply(batch, activations))
         return reply + length_delimited(1, request.request_id.encode()) if request.request_id else reply
 
-    async def model_infer(self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext) -> bytes:
+    async def model_infer(self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[return]  # abort() raises (grpc is untyped here)
         self._counts[self._base] += 1
         try:
             return self._kserve_reply(request)
         except Rejected as exc:
             await context.abort(exc.code, exc.details)
 
-    async def classify(self, request: digits_pb2.ClassifyRequest, context: grpc.aio.ServicerContext) -> bytes:
+    async def classify(self, request: digits_pb2.ClassifyRequest, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[return]  # abort() raises (grpc is untyped here)
         self._counts[self._base + 1] += 1
         try:
             return self._digits_reply(request)

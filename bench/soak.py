@@ -152,7 +152,7 @@ def judge(windows: list[dict], tolerance: Tolerance) -> dict:
 
     for pid in sorted(start.keys() | end.keys(), key=order):
         first, last = start.get(pid), end.get(pid)
-        entry: dict = {"pid": pid, "role": (first or last)["role"]}
+        entry: dict = {"pid": pid, "role": (first or end[pid])["role"]}  # in one of them
         if first is None or last is None:
             entry.update(ok=False, problem="appeared after the warm-up" if first is None else "gone before the end")
             processes.append(entry)

@@ -11,6 +11,7 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from service.client import security as client_security
@@ -107,7 +108,7 @@ def add_data_dir_option(parser: argparse.ArgumentParser, help_text: str) -> None
     parser.add_argument("--mnist-dir", dest="data_dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
-def default_target(api: str, environ: dict[str, str] | None = None) -> str:
+def default_target(api: str, environ: Mapping[str, str] | None = None) -> str:
     """Where to send load without --target: $DIGITS_HTTP_TARGET for REST and $DIGITS_TARGET for gRPC
     (they are different ports), else the protocol's default port on this machine."""
     environ = os.environ if environ is None else environ

@@ -19,6 +19,7 @@ import asyncio
 import os
 import ssl
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024  # status line + headers; a longer head is not a V2 server's
@@ -312,7 +313,7 @@ class HttpConnection:
         """Opens the connection (and does the TLS handshake) now; it is opened on first use otherwise."""
         if self._reader is None or self._reader.closed:
             loop = asyncio.get_running_loop()
-            tls = {} if self.tls is None else {"ssl": self.tls, "server_hostname": self.target.host}
+            tls: dict[str, Any] = {} if self.tls is None else {"ssl": self.tls, "server_hostname": self.target.host}
             try:
                 _, self._reader = await loop.create_connection(_ResponseReader, self.target.host, self.target.port,
                                                                **tls)

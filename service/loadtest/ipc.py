@@ -10,18 +10,30 @@ from __future__ import annotations
 
 import pickle
 import struct
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 _HEADER = struct.Struct("<Q")
 
 
-def write_frame(stream: BinaryIO, obj: Any) -> None:
+class Readable(Protocol):
+    """A binary stream to read: buffered, or raw (whose read may return None when nothing is ready)."""
+
+    def read(self, size: int, /) -> bytes | None: ...
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> object: ...
+
+
+def write_frame(stream: Writable, obj: Any) -> None:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(_HEADER.pack(len(data)) + data)
     stream.flush()
 
 
-def read_frame(stream: BinaryIO) -> Any:
+def read_frame(stream: Readable) -> Any:
     """The next object, or raises EOFError when the other side has gone. `stream` may be unbuffered
     (a raw pipe returns what has arrived so far, so each part is read until it is whole)."""
     header = _read_exactly(stream, _HEADER.size)
@@ -34,7 +46,7 @@ def read_frame(stream: BinaryIO) -> Any:
     return pickle.loads(data)
 
 
-def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+def _read_exactly(stream: Readable, size: int) -> bytes:
     """`size` bytes, or fewer only at the end of the stream."""
     parts, missing = [], size
     while missing:

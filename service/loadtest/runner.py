@@ -80,11 +80,13 @@ class _Client:
         self.process = subprocess.Popen([sys.executable, "-m", "service.loadtest.worker"], env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, process_group=0)
         self.messages: queue.Queue = queue.Queue()
+        assert self.process.stdin is not None and self.process.stdout is not None   # both PIPE
         write_frame(self.process.stdin, (config, plan))
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
+        assert self.process.stdout is not None   # PIPE
         try:
             while True:
                 self.messages.put(read_frame(self.process.stdout))
@@ -98,6 +100,7 @@ class _Client:
             raise LoadTestError(f"no word from a client process within {timeout_s:.0f} s") from None
 
     def send(self, obj) -> None:
+        assert self.process.stdin is not None   # PIPE
         write_frame(self.process.stdin, obj)
 
     def stop(self) -> None:
@@ -112,6 +115,7 @@ class _Client:
             self.process.kill()
 
     def close(self) -> None:
+        assert self.process.stdin is not None   # PIPE
         try:
             self.process.stdin.close()
         except OSError:

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import sys
 import threading
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import cast
 
 import grpc
 
@@ -36,7 +37,7 @@ from service.contract import FEATURES
 from service.generated.digits.v1 import digits_pb2_grpc
 from service.generated.inference import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from service.loadtest.config import LoadConfig
-from service.loadtest.ipc import read_frame, write_frame
+from service.loadtest.ipc import Readable, Writable, read_frame, write_frame
 from service.loadtest.payload import build_requests, synthetic_images
 from service.loadtest.rest import RestClient
 from service.loadtest.rest_payload import build_rest_payloads
@@ -315,7 +316,7 @@ async def _sleep_until(when: float) -> None:
         await asyncio.sleep(delay)
 
 
-def _watch_parent(inbox: BinaryIO, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+def _watch_parent(inbox: Readable, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
     """Sets `stop` when the parent says "stop" or goes away (its end of our stdin closes)."""
     try:
         read_frame(inbox)
@@ -327,7 +328,7 @@ def _watch_parent(inbox: BinaryIO, loop: asyncio.AbstractEventLoop, stop: asynci
         pass
 
 
-async def _main(config: LoadConfig, plan: ProcessPlan, inbox: BinaryIO, outbox: BinaryIO) -> dict | None:
+async def _main(config: LoadConfig, plan: ProcessPlan, inbox: Readable, outbox: Writable) -> dict | None:
     """Result of the run, or None when the probe found the target unusable (the parent was told)."""
     loop = asyncio.get_running_loop()
     # Build everything with a provisional window; the real one comes from the parent.
@@ -355,7 +356,7 @@ def main() -> int:
     """Entry point of a client process: read the job on stdin, report ready and results on stdout."""
     # stdin unbuffered: a thread waits on it for "stop" (`_watch_parent`) while the interpreter may
     # be exiting, and a buffered reader's lock held by that thread would abort the exit.
-    inbox, outbox = sys.stdin.buffer.raw, sys.stdout.buffer
+    inbox, outbox = cast(io.BufferedReader, sys.stdin.buffer).raw, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write into the frame stream
     config, plan = read_frame(inbox)
     try:

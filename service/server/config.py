@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 
 from service.contract import (
@@ -210,7 +210,7 @@ def _show_default(value: object) -> str:
     return f"; default {value}" if value != "" else ""
 
 
-def add_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | None = None) -> None:
+def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
     """One flag per setting, in the table's groups; a DIGITS_* variable sets its default (a bad
     one is a usage error naming the variable)."""
     environ = os.environ if environ is None else environ

@@ -17,6 +17,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import cast
 
 from service.server import metrics
 from service.server.batcher import Batcher, Ticket
@@ -142,6 +143,7 @@ class InferenceCore:
             log.warning("model repository check failed, still serving version %s: %s", self.model.version, exc)
             return False
         served = self._incoming or self._served
+        assert served is not None   # the watcher polls only once a model is served
         if key == (served.model.version, served.file_key) or key in self._rejected:
             return False
         try:
@@ -155,8 +157,9 @@ class InferenceCore:
         return True
 
     def _swap_in_incoming(self) -> None:
-        candidate, self._incoming = self._incoming, None
-        previous = self._served
+        # called only when the watcher left a candidate, and after the first model was installed
+        candidate, self._incoming = cast(_Served, self._incoming), None
+        previous = cast(_Served, self._served)
         self._install(candidate)
         if previous.batcher.queued_images:
             self._retiring.append(previous.batcher)
@@ -207,7 +210,7 @@ class InferenceCore:
                 done(None, error)
                 return
             count_images(images)  # the version that answered
-            done(InferenceResult(model, dict(zip(outputs, arrays))), None)
+            done(InferenceResult(model, dict(zip(outputs, cast(list, arrays)))), None)   # set when no error
 
         return served.batcher.add(request.pixels, outputs, request.deadline, finished)
 

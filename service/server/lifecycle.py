@@ -131,7 +131,7 @@ class ServerProcess:
         log.info("stopped after answering %d inference calls successfully", metrics.answered_calls())
 
 
-def serve(config: ServeConfig, on_ready: Callable[[int, int | None], None] | None = None) -> int:
+def serve(config: ServeConfig, on_ready: Callable[[int, int | None], object] | None = None) -> int:
     """Runs one server process to completion (SIGTERM/SIGINT drain it), which then exits with 0;
     a start-up failure is one log line and returns 2. The caller has set up metrics
     (`serve_in_process` or the supervisor)."""

@@ -141,7 +141,7 @@ class _Block:
         size = self.cells_bytes + rows * VERSION_SLOTS * _ENTRY_BYTES
         self.memory = mmap.mmap(-1, size) if shared else bytearray(size)  # zero-filled either way
 
-    def row(self, slot: int) -> memoryview:
+    def row(self, slot: int) -> memoryview[float]:
         start = slot * ROW_CELLS * 8
         return memoryview(self.memory)[start:start + ROW_CELLS * 8].cast("d")
 
@@ -183,7 +183,7 @@ class _Writer(threading.local):
     every thread uses until it picks another with `use_front_end`."""
 
     row: int = 0
-    cells: memoryview
+    cells: memoryview[float]
 
 
 _block = _Block(len(FRONT_ENDS), shared=False)   # this process alone until `map_shared`

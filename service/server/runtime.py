@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import cast
 
 import numpy as np
 import onnxruntime as ort
@@ -31,7 +32,7 @@ class ModelLoadError(RuntimeError):
 def _ordered_outputs(names: list[str]) -> tuple[str, ...]:
     """probabilities, logits, then hidden activations in layer order: the order clients expect."""
     hidden = sorted((n for n in names if ACTIVATION_PATTERN.match(n)),
-                    key=lambda n: int(ACTIVATION_PATTERN.match(n).group(1)))
+                    key=lambda n: int(cast("re.Match[str]", ACTIVATION_PATTERN.match(n)).group(1)))  # filtered above
     rest = [n for n in (PROBABILITIES, LOGITS) if n in names]
     return tuple(rest + hidden)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def load_token(config: ServeConfig, environ: dict[str, str] | None = None) -> bytes | None:
+def load_token(config: ServeConfig, environ: Mapping[str, str] | None = None) -> bytes | None:
     environ = os.environ if environ is None else environ
     if config.auth_token_file and environ.get(TOKEN_ENV):
         raise SecurityConfigError(f"set the token by --auth-token-file or {TOKEN_ENV}, not both")

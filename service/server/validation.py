@@ -14,11 +14,11 @@ import numpy as np
 from service.contract import FEATURES, IMAGE_SIDE
 from service.server.errors import InvalidInput
 
-DTYPES = {"uint8": np.dtype(np.uint8), "float32": np.dtype("<f4")}
+DTYPES: dict[str, np.dtype] = {"uint8": np.dtype(np.uint8), "float32": np.dtype("<f4")}
 ONE_AS_UINT32 = int(np.float32(1.0).view(np.uint32))
 
 
-def pixels_from_bytes(data: bytes, dtype: str, what: str) -> np.ndarray:
+def pixels_from_bytes(data: bytes | memoryview, dtype: str, what: str) -> np.ndarray:
     """`data` holds N × 784 packed pixels of `dtype` ('uint8' or 'float32', little-endian)."""
     item = DTYPES[dtype]
     image_bytes = FEATURES * item.itemsize

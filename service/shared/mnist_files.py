@@ -68,7 +68,7 @@ def load_test_images(mnist_dir: Path) -> np.ndarray | None:
 
 def load_test_set(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Test images [10000, 784] and labels [10000]; raises OSError or ValueError if unreadable."""
-    paths = [_find(mnist_dir, name) for name in (TEST_IMAGES_FILE, TEST_LABELS_FILE)]
-    if None in paths:
+    images, labels = (_find(mnist_dir, name) for name in (TEST_IMAGES_FILE, TEST_LABELS_FILE))
+    if images is None or labels is None:
         raise FileNotFoundError(f"no MNIST test files ({TEST_IMAGES_FILE}, {TEST_LABELS_FILE}) in {mnist_dir}")
-    return read_idx(paths[0], 3), read_idx(paths[1], 1)
+    return read_idx(images, 3), read_idx(labels, 1)

@@ -18,14 +18,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import grpc
 
 from service.server import metrics
 from service.server.errors import InferenceError, InvalidInput, Overloaded
 from service.server.grpc_api.health import Health
-from service.server.grpc_api.methods import Kind, Method
+from service.server.grpc_api.methods import Handler, Kind, Method
 from service.server.grpc_api.status import status_of
 from service.server.grpc_api.transport import (
     Call,
@@ -243,17 +243,18 @@ class ServingLoop:
         if data is None:   # answered, not counted: only calls whose request reached us are
             call.fail(*status_of(InvalidInput("the client sent no request message")))
             return
+        handle = cast(Handler, method.handle)   # every UNARY method has one
         observe = self._observers.get(method.path)
         if observe is None:   # health, liveness, metadata of the server: neither admitted nor counted
             try:
-                reply = method.handle(data, call.deadline)
+                reply = cast(bytes, handle(data, call.deadline))   # no model involved: the reply itself
                 self._check_size(reply)
                 call.reply(reply)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a precise status
                 call.fail(*status_of(exc))
             return
         state.inference = self._policy.serve(
-            observe, state.start, lambda: method.handle(data, call.deadline), call.reply,
+            observe, state.start, lambda: handle(data, call.deadline), call.reply,
             lambda exc: call.fail(*status_of(exc)), self._check_size)
 
     # -- streams ---------------------------------------------------------------------------
@@ -261,22 +262,23 @@ class ServingLoop:
         method = state.method
         message = _Message()
         state.open.add(message)
+        handle = cast(Handler, method.handle)   # every STREAM method has one, and a stream_error
 
         def send(reply: bytes) -> None:
             self._stream_sent(call, state, message, reply)
 
         def fail(exc: BaseException) -> None:
             code, text = status_of(exc)
-            send(method.stream_error(data, code.name, text))
+            send(cast("Callable[[bytes, str, str], bytes]", method.stream_error)(data, code.name, text))
 
         observe = self._observers.get(method.path)
         if observe is None:   # reflection: neither admitted nor counted
             try:
-                send(method.handle(data, call.deadline))
+                send(cast(bytes, handle(data, call.deadline)))   # reflection: the reply itself
             except Exception as exc:  # noqa: BLE001 - becomes this message's error, not the stream's
                 fail(exc)
             return
-        message.inference = self._policy.serve(observe, message.start, lambda: method.handle(data, call.deadline),
+        message.inference = self._policy.serve(observe, message.start, lambda: handle(data, call.deadline),
                                                send, fail, self._check_size)
 
     def _stream_sent(self, call: Call, state: _CallState, message: _Message, reply: bytes) -> None:

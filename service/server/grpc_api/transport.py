@@ -56,6 +56,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import grpc
 from grpc._cython import cygrpc
@@ -159,7 +160,7 @@ class Call:
         self.deadline: float | None = (None if wall > _FAR_FUTURE
                                           else time.monotonic() + (wall - time.time()))
         self.cancelled = False
-        self.user_data: object = None                      # free slot for the application
+        self.user_data: Any = None                         # free slot for the application
         self._server, self._call = server, event.call
         self._ops = 0                 # batches in flight
         self._close_pending = False   # RecvCloseOnServer started
@@ -285,7 +286,7 @@ class Call:
                 self._final = None
                 self._final_batch([cygrpc.SendStatusFromServerOperation(None, code, message, 0)])
         elif kind == _PREREAD:
-            code, message = self._final
+            code, message = cast("tuple[int, bytes]", self._final)   # fail() set it before this batch
             self._final = None
             if ok:
                 self._final_batch([cygrpc.SendStatusFromServerOperation(None, code, message, 0)])

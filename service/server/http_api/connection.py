@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import cast
 
 import httptools
 import orjson
@@ -126,7 +127,8 @@ class HttpConnection(asyncio.Protocol):
     def __init__(self, settings: ConnectionSettings) -> None:
         self._settings = settings
         self._parser = httptools.HttpRequestParser(self)
-        self._transport: asyncio.Transport | None = None
+        # None until connection_made, asyncio's first call: every other method runs after it
+        self._transport = cast(asyncio.Transport, None)
         self._queue: deque[Exchange] = deque()
         self._closing = False
         self._refused = False              # a request could not be read: nothing more is read
@@ -151,11 +153,12 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Past --max-connections the connection is answered 503 and closed at once, before any
         of its bytes are read: descriptors stay bounded however many clients connect."""
-        self._transport = transport  # type: ignore[assignment]  # asyncio passes a BaseTransport; a stream server's is a Transport
+        # a stream server's BaseTransport is a Transport
+        self._transport = transport = cast(asyncio.Transport, transport)
         settings = self._settings
         if len(settings.connections) >= settings.max_connections:
             self._closing = True
-            transport.write(settings.too_many)  # type: ignore[attr-defined]  # a stream server's transport writes
+            transport.write(settings.too_many)
             transport.close()
             return
         settings.connections.add(self)
@@ -302,7 +305,7 @@ class HttpConnection(asyncio.Protocol):
         while queue and queue[0].response is not None and not self._closing:
             exchange = queue.popleft()
             close = not exchange.keep_alive or self._settings.draining
-            self._transport.write(exchange.response.encode(close, exchange.head_only))
+            self._transport.write(cast(Response, exchange.response).encode(close, exchange.head_only))  # checked above
             if close:
                 self._close()
                 return

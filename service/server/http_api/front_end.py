@@ -21,6 +21,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
 import uvloop
 
@@ -60,6 +61,7 @@ class HttpFrontEnd:
         self._token = token
         self._socket = ports.reserve(config.host, config.http_port, "HTTP")
         self.port: int = self._socket.getsockname()[1]
+        # set by _run, on the front end's thread, before anything below uses them
         self._loop: asyncio.AbstractEventLoop | None = None
         self._app: HttpApp | None = None
         self._policy: RequestPolicy | None = None
@@ -81,7 +83,7 @@ class HttpFrontEnd:
 
     def begin_drain(self) -> None:
         """New requests get 503 (and their connection closes) while those in flight finish."""
-        self._loop.call_soon_threadsafe(self._drain)
+        cast(asyncio.AbstractEventLoop, self._loop).call_soon_threadsafe(self._drain)
 
     def wait_drained(self, timeout: float) -> bool:
         return self._drained.wait(max(0.0, timeout))
@@ -117,7 +119,7 @@ class HttpFrontEnd:
         """Called for each queued request: one compute at the end of this turn serves them all."""
         if not self._compute_pending:
             self._compute_pending = True
-            self._loop.call_soon(self._compute)
+            cast(asyncio.AbstractEventLoop, self._loop).call_soon(self._compute)
 
     def _compute(self) -> None:
         self._compute_pending = False
@@ -125,7 +127,8 @@ class HttpFrontEnd:
         core.compute_due()
         due = core.next_due()
         if due is not None and self._timer is None:  # --max-queue-delay-us: come back when due
-            self._timer = self._loop.call_later(max(0.0, due - time.monotonic()), self._timer_fired)
+            loop = cast(asyncio.AbstractEventLoop, self._loop)
+            self._timer = loop.call_later(max(0.0, due - time.monotonic()), self._timer_fired)
 
     def _timer_fired(self) -> None:
         self._timer = None
@@ -135,17 +138,17 @@ class HttpFrontEnd:
         """Timeouts, and a new model version swapped in even when no request comes."""
         self._compute()
         now = time.monotonic()
-        for connection in list(self._settings.connections):
+        for connection in list(cast(ConnectionSettings, self._settings).connections):
             connection.check_timeouts(now)
-        self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+        cast(asyncio.AbstractEventLoop, self._loop).call_later(SWEEP_INTERVAL, self._sweep)
 
     def _drain(self) -> None:
-        self._policy.draining = True
-        self._settings.draining = True
+        cast(RequestPolicy, self._policy).draining = True
+        cast(ConnectionSettings, self._settings).draining = True
         self._check_drained()
 
     def _check_drained(self) -> None:
         if metrics.inflight() <= 0:
             self._drained.set()
         else:
-            self._loop.call_later(DRAIN_POLL, self._check_drained)
+            cast(asyncio.AbstractEventLoop, self._loop).call_later(DRAIN_POLL, self._check_drained)

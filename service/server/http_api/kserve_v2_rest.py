@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import orjson
@@ -168,6 +168,7 @@ def decode_pixels(header: InferHeader, document: dict | None, text: bytes, binar
         if len(binary):
             raise InvalidInput(f"{len(binary)} bytes of binary data follow the JSON header but no input "
                                "declares binary_data_size")
+        document = cast(dict, document)   # parsed whenever there is no binary part
         pixels = _pixels_from_json(document["inputs"][0].get("data"), header.datatype, dtype,
                                    may_hold_booleans=b"true" in text or b"false" in text)
     protocol.check_image_count(header.shape, header.images, len(pixels))
@@ -241,12 +242,13 @@ def _binary_header(name: str, version: str, outputs: tuple[tuple[str, int, int, 
 def _document(name: str, version: str, request_id: str, outputs: tuple[tuple[str, int, int, bool], ...],
               arrays: dict[str, np.ndarray] | None) -> dict:
     tensors = []
+    values = cast("dict[str, np.ndarray]", arrays)   # None only when every output is binary
     for output, rows, width, binary in outputs:
         tensor: dict[str, object] = {"name": output, "datatype": "FP32", "shape": [rows, width]}
         if binary:
             tensor["parameters"] = {"binary_data_size": rows * width * 4}
         else:
-            tensor["data"] = arrays[output].ravel()  # float32, written by orjson in its shortest form
+            tensor["data"] = values[output].ravel()  # float32, written by orjson in its shortest form
         tensors.append(tensor)
     document: dict[str, object] = {"model_name": name, "model_version": version}
     if request_id:
@@ -314,7 +316,8 @@ class KServeV2Rest:
 
     def repository_control(self, path: str) -> Response:
         """POST /v2/repository/models/{name}/load or /unload: refused (501), saying how models load."""
-        name, action = REPOSITORY_CONTROL.fullmatch(path).groups()
+        # any other path under /v2/repository/ raises AttributeError here, as it always has
+        name, action = cast("re.Match[str]", REPOSITORY_CONTROL.fullmatch(path)).groups()
         refuse_control(self._core, action, name)
 
     def infer(self, name: str, version: str, body: bytes, header_length: bytes | None) -> Pending:
