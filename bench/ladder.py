@@ -40,10 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python bench/ladder.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from bench import h2load_client as h2load  # noqa: E402
-from bench.measure import WindowMeter  # noqa: E402
-from bench.peers import CPUS, Server, find_model, requests_by_code, start_service  # noqa: E402
-from service.contract import DEFAULT_MODEL_NAME  # noqa: E402
+from bench import h2load_client as h2load
+from bench.measure import WindowMeter
+from bench.peers import CPUS, Server, find_model, requests_by_code, start_service
+from service.contract import DEFAULT_MODEL_NAME
 
 RUNGS = {
     1: "bare loop, cached reply",
@@ -122,9 +122,11 @@ def wait_ready(rung: Rung, payload: h2load.Payload) -> None:
         rung.metrics_url = rung.server.metrics_url if rung.server.metrics_url.startswith("http") else ""
         return
     deadline = time.monotonic() + 60
+    process = rung.process
+    assert process is not None, "started above"
     while call_failed(probe(rung, payload, None)) and time.monotonic() < deadline:  # it prints no start-up line
-        if rung.process.poll() is not None:
-            raise RuntimeError(f"{rung.label} exited with {rung.process.returncode}")
+        if process.poll() is not None:
+            raise RuntimeError(f"{rung.label} exited with {process.returncode}")
         time.sleep(0.2)
 
 
@@ -166,7 +168,7 @@ def measure(rung: Rung, payload: h2load.Payload, body: Path, expected, concurren
             log_file: Path) -> dict:
     """Probe, an h2load warm-up run, then the measured run with its CPU window and the server's count."""
     if rung.token:
-        payload = TokenPayload(*(getattr(payload, f.name) for f in fields(h2load.Payload)), token=TOKEN)
+        payload = TokenPayload(**{f.name: getattr(payload, f.name) for f in fields(h2load.Payload)}, token=TOKEN)
     reference = not rung.key.isdigit()
     problems = probe(rung, payload, None if reference else expected)
     if reference:  # lean_loop's floor echoes no id and answers zeros: only a failed call counts
@@ -253,7 +255,8 @@ def print_table(rungs: list[Rung], raw: dict, args: argparse.Namespace) -> dict:
     previous = None
     for rung in rungs:
         row = figures(raw[rung.key])
-        adds = added(raw, rung.key, previous) if previous is not None and rung.key.isdigit() else {}
+        adds: dict[str, float | None] = added(raw, rung.key, previous) if previous is not None and rung.key.isdigit() \
+            else {}
         table[rung.key] = {"label": rung.label, **row, "adds": adds}
         name = f"{rung.key:>2}  {rung.label}" if rung.key.isdigit() else f"ref {rung.label}"
         client = f"{fmt(row['h2load_cpu_pct_1x32'], '.0f')} / {fmt(row['h2load_cpu_pct_1x1'], '.0f')} %"
@@ -267,7 +270,8 @@ def print_table(rungs: list[Rung], raw: dict, args: argparse.Namespace) -> dict:
     for ours, lean in (("1", "ref floor"), ("2", "ref ort")):
         if ours in keys and lean in keys:
             print(f"rung {ours} ÷ lean_loop {lean.split()[1]}, CPU per call (median of per-round ratios): "
-                  f"1×32 {fmt(ratio(raw, ours, lean, '1x32'), '.2f')}×, 1×1 {fmt(ratio(raw, ours, lean, '1x1'), '.2f')}×")
+                  f"1×32 {fmt(ratio(raw, ours, lean, '1x32'), '.2f')}×, "
+                  f"1×1 {fmt(ratio(raw, ours, lean, '1x1'), '.2f')}×")
     counted = [run["counted"] for by_case in raw.values() for runs in by_case.values() for run in runs
                if "counted" in run]
     if counted:
@@ -306,7 +310,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         given = set(argv if argv is not None else sys.argv[1:])
         for name, value in SMOKE.items():
             if f"--{name.replace('_', '-')}" not in given:
-                setattr(args, name, parse_rungs(value) if name == "rungs" else value)
+                setattr(args, name, parse_rungs(str(value)) if name == "rungs" else value)
     return args
 
 
@@ -322,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"(no reference rows: {args.probe_script} is not there)")
     model = find_model(REPO / "models")
+    assert model is not None, "the repository ships a model"
     payload = h2load.build_payload("kserve_v2", 1, "float32", False, DEFAULT_MODEL_NAME, REPO / "data" / "mnist")
     expected = h2load.reference_probabilities(model, payload)
     raw: dict[str, dict[str, list[dict]]] = {r.key: {case: [] for case, _ in CASES} for r in rungs}

@@ -31,37 +31,37 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, cast
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python bench/ladder_rungs.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-import grpc  # noqa: E402
+import grpc
 
-from bench.h2load_client import build_payload  # noqa: E402
-from service.contract import DEFAULT_MODEL_NAME  # noqa: E402
-from service.server import lifecycle, metrics  # noqa: E402
-from service.server.config import ServeConfig  # noqa: E402
-from service.server.core import InferenceCore  # noqa: E402
-from service.server.core_types import InferenceResult  # noqa: E402
-from service.server.errors import Overloaded  # noqa: E402
-from service.server.grpc_api import server as grpc_server  # noqa: E402
-from service.server.grpc_api.kserve_v2 import API, KServeV2  # noqa: E402
-from service.server.grpc_api.loop import IDLE_POLL, ServingLoop  # noqa: E402
-from service.server.grpc_api.status import status_of  # noqa: E402
-from service.server.grpc_api.transport import CallArrived, CallFinished, CoreServer, MessageReceived  # noqa: E402
-from service.server.policy import RequestPolicy  # noqa: E402
-from service.server.runtime import ModelRuntime  # noqa: E402
-from service.server.security import REFUSAL, load_token  # noqa: E402
-from service.server.validation import check_batch_size  # noqa: E402
+from bench.h2load_client import build_payload
+from service.contract import DEFAULT_MODEL_NAME
+from service.server import lifecycle, metrics
+from service.server.config import ServeConfig
+from service.server.core import InferenceCore
+from service.server.core_types import InferenceResult
+from service.server.errors import Overloaded
+from service.server.grpc_api import server as grpc_server
+from service.server.grpc_api.kserve_v2 import API, KServeV2
+from service.server.grpc_api.loop import IDLE_POLL, ServingLoop
+from service.server.grpc_api.status import status_of
+from service.server.grpc_api.transport import CallArrived, CallFinished, CoreServer, MessageReceived
+from service.server.policy import RequestPolicy
+from service.server.runtime import ModelRuntime
+from service.server.security import REFUSAL, load_token
+from service.server.validation import check_batch_size
 
 IN_PROCESS_RUNGS = range(1, 9)
 
 
 def config_for(token_file: str) -> ServeConfig:
     """`digits serve`'s defaults on a free loopback port (what rungs 9 to 11 run with)."""
-    return ServeConfig(host="127.0.0.1", port=0, http=False, metrics_port=0, workers=1,
+    return ServeConfig(host="127.0.0.1", grpc_port=0, http=False, metrics_port=0, workers=1,
                        model_repository=str(REPO / "models"), auth_token_file=token_file)
 
 
@@ -296,7 +296,7 @@ def cached_reply(core: InferenceCore) -> bytes:
     payload = build_payload("kserve_v2", 1, "float32", False, DEFAULT_MODEL_NAME, REPO / "data" / "mnist")
     replies: list[bytes] = []
     pending = KServeV2(core, lambda: True).model_infer(payload.message, None)
-    core.submit(pending.request, lambda result, error: replies.append(pending.encode(result)))
+    core.submit(pending.request, lambda result, error: replies.append(pending.encode(cast(InferenceResult, result))))
     core.compute_due()
     return replies[0]
 
@@ -328,7 +328,7 @@ def serve(rung: int, token_file: str) -> NoReturn:
     rung_loop = RUNGS[rung](config, core, cached)
     transport = CoreServer(grpc_server.channel_options(config), backlog=grpc_server.REQUESTED_CALLS,
                            watch_cancellation=rung_loop.watch_cancellation)
-    port = transport.add_port(f"{config.host}:{config.port}")
+    port = transport.add_port(f"{config.host}:{config.grpc_port}")
     transport.start()
     print(f"READY {config.host}:{port} metrics={metrics_url}", flush=True)
     poll, handle, timeout = transport.poll, rung_loop.handle, rung_loop.timeout
