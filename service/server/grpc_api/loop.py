@@ -50,11 +50,12 @@ IDLE_POLL = 0.5         # seconds a turn waits for an event when nothing is queu
 class _CallState:
     """What the loop remembers of one call (kept in `Call.user_data`)."""
 
-    __slots__ = ("method", "start", "inference", "open", "half_closed", "reading", "closing", "finished")
+    __slots__ = ("method", "start", "request", "inference", "open", "half_closed", "reading", "closing", "finished")
 
     def __init__(self, method: Method) -> None:
         self.method = method
         self.start = time.perf_counter()
+        self.request: bytes | None = None        # a unary call's message, until its client half-closes
         self.inference: Inference | None = None  # a unary call's, once admitted
         self.open: set[_Message] = set()         # a stream's messages being answered
         self.half_closed = False                 # a stream's client sent its last message
@@ -127,7 +128,7 @@ class ServingLoop:
             if awaiting[call] > now:
                 return
             self._end_unread(call, grpc.StatusCode.DEADLINE_EXCEEDED,
-                             f"no request message within {self._read_timeout:g} s (--grpc-read-timeout)")
+                             f"request not received whole within {self._read_timeout:g} s (--grpc-read-timeout)")
 
     def _end_unread(self, call: Call, code: grpc.StatusCode, message: str) -> None:
         """Ends a call that has sent no request: never admitted nor counted, nothing to observe."""
@@ -191,12 +192,19 @@ class ServingLoop:
         state: _CallState | None = call.user_data
         if state is None:
             return
+        kind = state.method.kind
+        if kind is Kind.UNARY and ok and data is not None and state.request is None:
+            state.request = data   # a unary request is whole once its client half-closes: read that too
+            call.read()
+            return
         self._awaiting.pop(call, None)
         if not ok:   # the call died first; gRPC core answered the client if anyone did (CallFinished follows)
             return
-        kind = state.method.kind
         if kind is Kind.UNARY:
-            self._unary_message(call, state, data)
+            if data is None:
+                self._unary_message(call, state, state.request)
+            else:
+                self._second_message(call, state)
         elif kind is Kind.STREAM:
             state.reading = False
             if data is None:
@@ -238,6 +246,16 @@ class ServingLoop:
                              "(--max-send-message-bytes); send fewer images per request")
 
     # -- unary -----------------------------------------------------------------------------
+    def _second_message(self, call: Call, state: _CallState) -> None:
+        """A unary call whose client sent a second message: refused, as grpc-java and grpc-go do
+        (their status is INTERNAL; ours says it is the client's mistake), and counted so."""
+        code, message = status_of(InvalidInput("a unary call takes exactly one request message; "
+                                               "this one sent more (use the streaming method)"))
+        call.fail(code, message)
+        observe = self._observers.get(state.method.path)
+        if observe is not None:
+            observe(code.name, time.perf_counter() - state.start)
+
     def _unary_message(self, call: Call, state: _CallState, data: bytes | None) -> None:
         method = state.method
         if data is None:   # answered, not counted: only calls whose request reached us are

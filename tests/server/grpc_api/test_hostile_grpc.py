@@ -14,12 +14,14 @@ from __future__ import annotations
 import gzip
 import os
 import time
+from collections import Counter
 
 import pytest
 
 from tests.support.grpc_attacks import (ATTACKS, INFER, AttackReport, infer_message, requests_by_code,
                                         run_attack)
 from tests.support.h2_raw import RawH2, grpc_frame
+from tests.support import wait_for
 from tests.support.server import RunningServer
 
 SECONDS = float(os.environ.get("HOSTILE_SECONDS", "3"))
@@ -198,3 +200,50 @@ def test_calls_without_a_request_do_not_hold_a_drain():
     finally:
         conn.close()
         running.stop()
+
+
+def test_a_unary_call_with_two_messages_is_refused_and_counted_so(server):
+    before = requests_by_code(server.metrics_text())
+    conn = RawH2(port_of(server))
+    try:
+        stream_id = conn.open_call(INFER, message=grpc_frame(infer_message()) + grpc_frame(infer_message()))
+        assert conn.wait(lambda: conn.streams[stream_id].ended, 10)
+        result = conn.streams[stream_id]
+        assert result.grpc_status == 3 and "exactly one request message" in result.grpc_message, result
+        assert result.messages() == []   # nothing computed was sent
+    finally:
+        conn.close()
+    assert wait_for(lambda: requests_by_code(server.metrics_text()) - before == Counter(INVALID_ARGUMENT=1))
+
+
+def test_a_message_without_its_half_close_holds_no_slot_and_is_ended():
+    """100 calls send their message but never half-close, past --max-concurrent-rpcs 64: the
+    bystander is still served (they were never admitted) and the read timeout ends each one,
+    uncounted."""
+    running = RunningServer("--workers", "1", "--no-http", "--grpc-read-timeout", "1", "--max-concurrent-rpcs", "64")
+    conn = RawH2(port_of(running))
+    try:
+        before = requests_by_code(running.metrics_text())
+        calls = [conn.open_call(INFER, end_stream=False) for _ in range(100)]
+        pending = {stream_id: grpc_frame(infer_message()) for stream_id in calls}
+        deadline = time.monotonic() + 10
+        while pending and time.monotonic() < deadline:   # each message whole, within flow control
+            for stream_id in list(pending):
+                pending[stream_id] = pending[stream_id][conn.send_within_window(stream_id, pending[stream_id]):]
+                if not pending[stream_id]:
+                    del pending[stream_id]
+            conn.pump(0.01)
+        assert not pending
+        import grpc
+        from service.generated.inference import grpc_predict_v2_pb2 as pb
+        from service.generated.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+        with grpc.insecure_channel(running.address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                pb.ModelInferRequest.FromString(infer_message()), timeout=5)
+            assert reply.outputs
+        assert conn.wait(lambda: all(conn.streams[s].ended for s in calls), 10)
+        assert {conn.streams[s].grpc_status for s in calls} == {4}
+        assert requests_by_code(running.metrics_text()) - before == Counter(OK=1)
+    finally:
+        conn.close()
+        assert running.stop() == 0
